@@ -1,0 +1,7 @@
+#include "kernels/selfcheck.h"
+
+namespace halo {
+
+std::vector<CheckResult> gemm_cuda_checks(bool) { return {}; }
+
+}  // namespace halo

@@ -1,0 +1,78 @@
+// Symmetric absmax quantization to INT8, FP8 e4m3 or FP8 e5m2 (HALO-METHOD.md, "Q(A)").
+//
+// Operand layout: a quantized GEMM operand is row-major [R, C] with C the
+// contracted dimension. Scales are FP32 and stay on the operand's device:
+//   scale = absmax(group) / q_max   (absmax computed in FP32; an all-zero group
+//   gets scale 1), q = round(x * (q_max / absmax))   (for a zero group: q = 0),
+// so that x ~= q * scale. q_max = 127 (INT8), 448 (e4m3), 57344 (e5m2).
+//
+// Scale tensor layouts (what cuBLASLt expects for each scaling mode):
+//   tensor        [1]
+//   row           [R]                       one per row (per token / per output channel)
+//   block1x128    [ceil(C/128), R]          one per 128 consecutive elements of a row;
+//                                           R is the fastest-moving index
+//   block128x128  [ceil(R/128), ceil(C/128)] one per 128x128 tile, row-major over tiles
+#pragma once
+#include <cstdint>
+#include <string_view>
+
+#include "core/numerics.h"
+#include "core/tensor.h"
+
+namespace halo {
+
+enum class Granularity : uint8_t { tensor, row, block1x128, block128x128 };
+std::string_view granularity_name(Granularity g);
+Granularity parse_granularity(std::string_view name);  // "tensor", "row", "1x128", "128x128"
+
+HALO_HD float qmax_of(DType t) {
+  return t == DType::i8 ? 127.0f : (t == DType::e4m3 ? 448.0f : 57344.0f);
+}
+
+// Index into the scale tensor of the group holding element (r, c) of an [R, C] operand.
+HALO_HD int64_t scale_index(Granularity g, int64_t r, int64_t c, int64_t R, int64_t C) {
+  switch (g) {
+    case Granularity::tensor: return 0;
+    case Granularity::row: return r;
+    case Granularity::block1x128: return (c / 128) * R + r;
+    case Granularity::block128x128: return (r / 128) * ((C + 127) / 128) + c / 128;
+  }
+  return 0;
+}
+Shape scale_shape(Granularity g, int64_t R, int64_t C);
+
+struct QuantSpec {
+  DType dtype = DType::e4m3;  // i8, e4m3 or e5m2
+  Granularity granularity = Granularity::tensor;
+  bool scaled = true;       // false: plain cast with scale 1 (the "ideal" recipes)
+  bool stochastic = false;  // stochastic rounding, from counter-based random numbers
+  uint64_t seed = 0;        // with stochastic: the numbers for element i of the input
+  uint64_t stream = 0;      //   are uniform01(seed, stream, i) on every device
+};
+
+// A quantized GEMM operand: data [R, C] (8-bit) and its FP32 scales.
+struct QTensor {
+  Tensor data;
+  Tensor scale;
+  Granularity granularity = Granularity::tensor;
+  int64_t rows() const { return data.size(0); }
+  int64_t cols() const { return data.size(1); }
+};
+
+// Quantizes x ([R, C], f32 or bf16) after an optional rotation of each row by
+// R_C (rotate_rows: x R_C, the HALO rotation along the contracted dimension).
+//   out:   the [R, C] operand (row-major copy) — may be null
+//   out_t: the [C, R] operand (transposed copy, scales grouped along its own
+//          rows, i.e. per column of x) — may be null
+// Outputs are allocated on x's device. Element i = r*C + c of the (rotated)
+// input is rounded with uniform01(seed, stream, i) in both copies.
+void quantize(const Tensor& x, const QuantSpec& spec, bool rotate_rows, QTensor* out,
+              QTensor* out_t);
+
+// x ~= q * scale, written to out (f32 or bf16, shape of q.data, same device).
+void dequantize(const QTensor& q, Tensor& out);
+
+// Simulation ("fake quant"): out = dequantize(quantize(x)) in one call, same math.
+void fake_quantize(const Tensor& x, const QuantSpec& spec, Tensor& out);
+
+}  // namespace halo
