@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what halo needs to build and test (Debian packages), then configures
+# and builds it in ./build. CUDA code is compiled when nvcc is found (in PATH or
+# /usr/local/cuda/bin); without it the CPU-only build is made.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in cmake ninja-build g++ pkg-config libopenblas-dev libgtest-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH=/usr/local/cuda/bin:$PATH
+fi
+cuda_flag="-DHALO_CUDA=ON"
+command -v nvcc >/dev/null 2>&1 || { echo "setup: nvcc not found, building without CUDA"; cuda_flag="-DHALO_CUDA=OFF"; }
+
+cmake -S . -B build -G Ninja $cuda_flag ${HALO_CMAKE_ARGS:-} >/dev/null
+cmake --build build -j "$(nproc)"

@@ -1,0 +1,175 @@
+#include "halo/linear.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/gemm.h"
+#include "kernels/hadamard.h"
+#include "kernels/reduce.h"
+
+namespace halo {
+void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& d, const GemmOptions& opt = {});
+}
+
+namespace halo {
+
+namespace {
+
+// The smallest row count >= rows that has a full (not block-diagonal) Hadamard
+// rotation: halo2 pads the token dimension with zero rows up to it.
+int64_t padded_token_count(int64_t rows) {
+  int64_t r = rows;
+  while (!hadamard_plan(r).full()) ++r;
+  return r;
+}
+
+Tensor pad_rows(const Tensor& x, int64_t rows) {
+  if (x.size(0) == rows) return x;
+  Tensor p = Tensor::zeros({rows, x.size(1)}, x.dtype(), x.device());
+  p.rows(0, x.size(0)).copy_from(x);
+  return p;
+}
+
+Shape with_last(Shape s, int64_t last) {
+  s.back() = last;
+  return s;
+}
+
+}  // namespace
+
+HaloLinear::HaloLinear(int64_t in_features, int64_t out_features, bool has_bias, const Recipe& recipe,
+                       Device device, DType dtype, uint64_t seed)
+    : in_(in_features), out_(out_features), recipe_(recipe), dtype_(dtype), seed_(seed) {
+  HALO_CHECK(in_ > 0 && out_ > 0, "HaloLinear: bad size ", in_, " -> ", out_);
+  HALO_CHECK(dtype == DType::f32 || dtype == DType::bf16, "HaloLinear: dtype must be f32 or bf16, got ",
+             dtype_name(dtype));
+  // Kaiming-uniform-like init with the counter-based RNG: same weights on every device.
+  Tensor w = Tensor::empty({out_, in_}, dtype);
+  const float bound = 1.0f / std::sqrt(static_cast<float>(in_));
+  for (int64_t i = 0; i < w.numel(); ++i)
+    store_float(w.data(), dtype, i, bound * (2.0f * uniform01(seed, 0, i) - 1.0f));
+  weight = w.to(device);
+  if (has_bias) {
+    Tensor b = Tensor::empty({out_}, dtype);
+    for (int64_t i = 0; i < out_; ++i) store_float(b.data(), dtype, i, bound * (2.0f * uniform01(seed, 1, i) - 1.0f));
+    bias = b.to(device);
+  }
+  grad_w_ = Tensor::zeros({out_, in_}, DType::f32, device);
+  if (has_bias) grad_b_ = Tensor::zeros({out_}, DType::f32, device);
+}
+
+void HaloLinear::zero_grad() {
+  grad_w_.fill_zero();
+  if (grad_b_.defined()) grad_b_.fill_zero();
+}
+
+void HaloLinear::prepare_weight() {
+  if (weight_ready_ || !recipe_.quantized()) return;
+  check_shape(weight, {out_, in_}, "HaloLinear weight");
+  quantize(weight, operand_spec(recipe_), recipe_.rotates(), &w_q_, &w_qt_);
+  weight_ready_ = true;
+}
+
+// a [M, K] x b [N, K] -> [M, N]: the 8-bit GEMM, or in simulation the same
+// product of the dequantized operands.
+Tensor HaloLinear::matmul_nt(const QTensor& a, const QTensor& b, const Tensor* bias_vec,
+                             Tensor* accumulate_into) {
+  GemmOptions opt;
+  opt.bias = bias_vec;
+  Tensor d;
+  if (accumulate_into) {
+    d = *accumulate_into;
+    opt.accumulate = true;
+  } else {
+    d = Tensor::empty({a.rows(), b.rows()}, dtype_, a.data.device());
+  }
+  if (recipe_.simulate) {
+    Tensor da = Tensor::empty(a.data.shape(), dtype_, a.data.device());
+    Tensor db = Tensor::empty(b.data.shape(), dtype_, b.data.device());
+    dequantize(a, da);
+    dequantize(b, db);
+    gemm_nt(da, db, d, opt);
+  } else {
+    gemm_nt(a, b, d, opt);
+  }
+  return d;
+}
+
+Tensor HaloLinear::forward(const Tensor& x, LinearSaved* saved) {
+  HALO_CHECK(x.ndim() >= 1 && x.size(-1) == in_, "HaloLinear forward: expected input [..., ", in_, "], got ",
+             x.describe());
+  check_dtype(x, dtype_, "HaloLinear forward input");
+  check_same_device(x, weight, "HaloLinear forward");
+  const Tensor x2 = x.as_2d();
+  const Tensor* bias_vec = bias.defined() ? &bias : nullptr;
+  Tensor y;
+  if (!recipe_.quantized()) {
+    y = Tensor::empty({x2.size(0), out_}, dtype_, x.device());
+    GemmOptions opt;
+    opt.bias = bias_vec;
+    gemm_nt(x2, weight, y, opt);
+    if (saved) saved->x = x2;
+  } else {
+    prepare_weight();
+    QTensor qx, qx_t;
+    quantize(x2, operand_spec(recipe_), recipe_.rotates(), &qx, saved ? &qx_t : nullptr);
+    y = matmul_nt(qx, w_q_, bias_vec, nullptr);
+    if (saved) saved->x_t = qx_t;
+  }
+  if (saved) saved->x_shape = x.shape();
+  return y.view(with_last(x.shape(), out_));
+}
+
+Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
+  HALO_CHECK(!saved.x_shape.empty() && dy.shape() == with_last(saved.x_shape, out_),
+             "HaloLinear backward: gradient ", dy.describe(), " does not match the forward input ",
+             shape_str(saved.x_shape));
+  check_dtype(dy, dtype_, "HaloLinear backward gradient");
+  const Tensor dy2 = dy.as_2d();
+  const int64_t rows = dy2.size(0);
+  if (grad_b_.defined()) column_sum(dy2, grad_b_, /*accumulate=*/true);
+
+  Tensor dx;
+  if (!recipe_.quantized()) {
+    dx = Tensor::empty({rows, in_}, dtype_, dy.device());
+    gemm(dy2, false, weight, false, dx);                                  // dX = dY W
+    gemm(dy2, true, saved.x, false, grad_w_, GemmOptions{1.0f, true, nullptr});  // dW += dY^T X
+    return dx.view(saved.x_shape);
+  }
+
+  prepare_weight();
+  const QuantSpec gspec = gradient_spec(recipe_, seed_, ++backward_calls_);
+  QTensor g, g_t;  // Q(dY) [b, m] for dX and Q(dY)^T [m, b] for dW
+  if (recipe_.method == Method::halo2) {
+    // dX = R_b Q(R_b^T dY) Q(W~) R^T, the token dimension padded to a Hadamard size.
+    Tensor e = pad_rows(dy2, padded_token_count(rows));
+    Tensor e_rot = Tensor::empty(e.shape(), dtype_, e.device());
+    hadamard_cols(e, e_rot);
+    quantize(e_rot, gspec, false, &g, nullptr);
+    quantize(dy2, gspec, false, nullptr, &g_t);
+  } else {
+    quantize(dy2, gspec, false, &g, &g_t);
+  }
+  dx = matmul_nt(g, w_qt_, nullptr, nullptr);  // [b (padded), n]
+  if (recipe_.method == Method::halo2) {
+    hadamard_cols(dx, dx, /*transpose=*/true);
+    if (dx.size(0) != rows) {
+      Tensor top = Tensor::empty({rows, in_}, dtype_, dx.device());
+      top.copy_from(dx.rows(0, rows));
+      dx = top;
+    }
+  }
+  if (recipe_.rotates()) hadamard_rows(dx, dx, /*transpose=*/true);
+  matmul_nt(g_t, saved.x_t, nullptr, &grad_w_);  // dW~ += Q(dY)^T Q(X~)
+  return dx.view(saved.x_shape);
+}
+
+Tensor HaloLinear::weight_grad() {
+  if (!recipe_.rotates()) return grad_w_;
+  Tensor g = Tensor::empty(grad_w_.shape(), DType::f32, grad_w_.device());
+  hadamard_rows(grad_w_, g, /*transpose=*/true);
+  return g;
+}
+
+}  // namespace halo
