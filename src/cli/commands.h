@@ -6,6 +6,7 @@
 namespace halo::cli {
 
 int bench_linear(const std::vector<std::string>& args);
+int bench_kernels(const std::vector<std::string>& args);
 int doctor(const std::vector<std::string>& args);
 
 }  // namespace halo::cli

@@ -15,6 +15,8 @@ const char* kUsage =
     "  bench linear   speed and accuracy of the HALO linear layer per recipe\n"
     "                 --device cpu|cuda --recipe R1,R2,... --shape M,N,K [--outliers] [--bias]\n"
     "                 [--json] [--warmup N] [--iters N] [--seed S]\n"
+    "  bench kernels  memory-bound kernels against the copy bandwidth, GEMMs per format\n"
+    "                 --device cpu|cuda --shape M,N,K [--warmup N] [--iters N]\n"
     "  doctor         the build, the GPU, and every CUDA kernel checked against the CPU\n"
     "                 [--full] (Llama sizes)  [--probe] (print the best device)\n"
     "\n"
@@ -33,6 +35,8 @@ int main(int argc, char** argv) {
     const std::string cmd = args[0];
     if (cmd == "bench" && args.size() >= 2 && args[1] == "linear")
       return halo::cli::bench_linear({args.begin() + 2, args.end()});
+    if (cmd == "bench" && args.size() >= 2 && args[1] == "kernels")
+      return halo::cli::bench_kernels({args.begin() + 2, args.end()});
     if (cmd == "doctor") return halo::cli::doctor({args.begin() + 1, args.end()});
     std::fprintf(stderr, "halo: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
