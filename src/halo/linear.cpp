@@ -9,10 +9,6 @@
 #include "kernels/reduce.h"
 
 namespace halo {
-void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& d, const GemmOptions& opt = {});
-}
-
-namespace halo {
 
 namespace {
 
@@ -133,7 +129,7 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
   Tensor dx;
   if (!recipe_.quantized()) {
     dx = Tensor::empty({rows, in_}, dtype_, dy.device());
-    gemm(dy2, false, weight, false, dx);                                  // dX = dY W
+    gemm(dy2, false, weight, false, dx, GemmOptions{});                                  // dX = dY W
     gemm(dy2, true, saved.x, false, grad_w_, GemmOptions{1.0f, true, nullptr});  // dW += dY^T X
     return dx.view(saved.x_shape);
   }
