@@ -75,15 +75,15 @@ double rel(const Tensor& got, const Mat& ref) {
   return std::sqrt(num / den);
 }
 
-struct Run {
+struct LayerRun {
   Tensor y, dx, dw;
 };
 
-Run run_layer(const Recipe& r, const Tensor& x, const Tensor& w, const Tensor& dy) {
+LayerRun run_layer(const Recipe& r, const Tensor& x, const Tensor& w, const Tensor& dy) {
   HaloLinear layer(x.size(-1), w.size(0), false, r, Device::cpu, DType::f32, 5);
   layer.weight = w;
   LinearSaved saved;
-  Run out;
+  LayerRun out;
   out.y = layer.forward(x, &saved);
   out.dx = layer.backward(dy, saved);
   out.dw = layer.weight_grad();
@@ -111,11 +111,12 @@ class RecipeMath : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(RecipeMath, MatchesRestatement) {
   const Recipe r = parse_recipe(GetParam());
-  const int64_t b = 64, n = 96, m = 40;  // 96 = 12 * 8: a non-power-of-two rotation
+  // 176 = 44 * 4 and 88 = 44 * 2: H_44 (Paley I) is not symmetric, so R and R^T differ.
+  const int64_t b = 88, n = 176, m = 40;
   const Tensor x = with_outlier_columns(random_normal({b, n}, 1), 2, 11);
   const Tensor w = random_normal({m, n}, 2, 0.1f);
   const Tensor dy = random_normal({b, m}, 3);
-  const Run got = run_layer(r, x, w, dy);
+  const LayerRun got = run_layer(r, x, w, dy);
 
   const Mat X = to_mat(x), W = to_mat(w), E = to_mat(dy);
   const DType f = r.format;
@@ -162,9 +163,9 @@ TEST(HaloLinear, RotationsBeatHalo0OnOutliers) {
   const Mat Y = mul_nt(X, W, b, m, n);
   const Mat dX = mul_nt(E, transpose(W, m, n), b, n, m);
   const Mat dW = mul_nt(transpose(E, b, m), transpose(X, b, n), m, n, b);
-  const Run h0 = run_layer(parse_recipe("halo0-int8"), x, w, dy);
+  const LayerRun h0 = run_layer(parse_recipe("halo0-int8"), x, w, dy);
   for (const char* name : {"halo1-int8", "halo2-int8"}) {
-    const Run h = run_layer(parse_recipe(name), x, w, dy);
+    const LayerRun h = run_layer(parse_recipe(name), x, w, dy);
     EXPECT_LT(2 * rel(h.y, Y), rel(h0.y, Y)) << name;
     EXPECT_LT(2 * rel(h.dx, dX), rel(h0.dx, dX)) << name;
     EXPECT_LT(2 * rel(h.dw, dW), rel(h0.dw, dW)) << name;
@@ -176,8 +177,8 @@ TEST(HaloLinear, SimulationMatchesEightBitPath) {
   const Tensor w = random_normal({64, 128}, 32, 0.1f);
   const Tensor dy = random_normal({48, 64}, 33);
   for (const char* name : {"halo1-int8", "halo2-fp8+row", "halo1-fp8+1x128+e5m2+sr"}) {
-    const Run q = run_layer(parse_recipe(name), x, w, dy);
-    const Run s = run_layer(parse_recipe(std::string(name) + "+sim"), x, w, dy);
+    const LayerRun q = run_layer(parse_recipe(name), x, w, dy);
+    const LayerRun s = run_layer(parse_recipe(std::string(name) + "+sim"), x, w, dy);
     EXPECT_LT(rel(q.y, to_mat(s.y)), 1e-5) << name;
     EXPECT_LT(rel(q.dx, to_mat(s.dx)), 1e-5) << name;
     EXPECT_LT(rel(q.dw, to_mat(s.dw)), 1e-5) << name;

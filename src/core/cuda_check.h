@@ -1,5 +1,6 @@
 // CUDA and cuBLAS status checks that name the failing call and its site.
 #pragma once
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include "core/error.h"
@@ -21,6 +22,6 @@
     cublasStatus_t status_ = (call);                                                            \
     if (status_ != CUBLAS_STATUS_SUCCESS)                                                       \
       ::halo::fail_at(__FILE__, __LINE__, "cuBLAS error ", static_cast<int>(status_), " (",     \
-                      cublasGetStatusName(status_), ": ", cublasGetStatusString(status_), \
+                      cublasLtGetStatusName(status_), ": ", cublasLtGetStatusString(status_), \
                       ") in ", #call);                                                          \
   } while (0)
