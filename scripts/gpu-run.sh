@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine: the GPU test entry point and the benchmarks, logs in $OUT
-# (default ./gpu-logs). Uses a carried build-gpu/ (scripts/gpu-bundle.sh) when
-# it runs there, else builds with scripts/setup.sh.
+# (default ./gpu-logs). Uses a carried gpu-bin/ (scripts/gpu-bundle.sh) when
+# it runs there, else builds there (GPU machines have the build tools but no
+# package registry).
 #   scripts/gpu-run.sh test     every test program + halo doctor --full
 #   scripts/gpu-run.sh bench    halo bench kernels and halo bench linear on Llama shapes
 #   scripts/gpu-run.sh all      both (default)
@@ -10,11 +11,12 @@ cd "$(dirname "$0")/.."
 what=${1:-all}
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
-bin=build-gpu
-export LD_LIBRARY_PATH=$PWD/build-gpu/lib:${LD_LIBRARY_PATH:-}
+bin=gpu-bin
+
 if ! "$bin/halo" doctor --probe >/dev/null 2>&1; then
   echo "carried build does not run here; building"
-  scripts/setup.sh && bin=build
+  cmake -S . -B build -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null && cmake --build build -j "$(nproc)" &&
+    bin=build || exit 1
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 status=0
