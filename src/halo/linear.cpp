@@ -56,8 +56,9 @@ HaloLinear::HaloLinear(int64_t in_features, int64_t out_features, bool has_bias,
 }
 
 void HaloLinear::zero_grad() {
-  grad_w_.fill_zero();
+  grad_w_.fill_zero();  // also read by weight_grad() before any backward
   if (grad_b_.defined()) grad_b_.fill_zero();
+  grads_zero_ = true;
 }
 
 void HaloLinear::prepare_weight() {
@@ -76,7 +77,7 @@ Tensor HaloLinear::matmul_nt(const QTensor& a, const QTensor& b, const Tensor* b
   Tensor d;
   if (accumulate_into) {
     d = *accumulate_into;
-    opt.accumulate = true;
+    opt.accumulate = !grads_zero_;
   } else {
     d = Tensor::empty({a.rows(), b.rows()}, dtype_, a.data.device());
   }
@@ -124,13 +125,14 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
   check_dtype(dy, dtype_, "HaloLinear backward gradient");
   const Tensor dy2 = dy.as_2d();
   const int64_t rows = dy2.size(0);
-  if (grad_b_.defined()) column_sum(dy2, grad_b_, /*accumulate=*/true);
+  if (grad_b_.defined()) column_sum(dy2, grad_b_, /*accumulate=*/!grads_zero_);
 
   Tensor dx;
   if (!recipe_.quantized()) {
     dx = Tensor::empty({rows, in_}, dtype_, dy.device());
-    gemm(dy2, false, weight, false, dx, GemmOptions{});                                  // dX = dY W
-    gemm(dy2, true, saved.x, false, grad_w_, GemmOptions{1.0f, true, nullptr});  // dW += dY^T X
+    gemm(dy2, false, weight, false, dx, GemmOptions{});                         // dX = dY W
+    gemm(dy2, true, saved.x, false, grad_w_, GemmOptions{1.0f, !grads_zero_});  // dW += dY^T X
+    grads_zero_ = false;
     return dx.view(saved.x_shape);
   }
 
@@ -158,6 +160,7 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
   }
   if (recipe_.rotates()) hadamard_rows(dx, dx, /*transpose=*/true);
   matmul_nt(g_t, saved.x_t, nullptr, &grad_w_);  // dW~ += Q(dY)^T Q(X~)
+  grads_zero_ = false;
   return dx.view(saved.x_shape);
 }
 

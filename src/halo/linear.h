@@ -62,6 +62,7 @@ class HaloLinear {
   QTensor w_qt_;  // Q(W~)^T [n, m]  for dX
   Tensor grad_w_;  // f32 [m, n]; in the rotated basis for rotating recipes
   Tensor grad_b_;  // f32 [m]
+  bool grads_zero_ = true;  // the next backward writes the gradients instead of adding
 };
 
 }  // namespace halo

@@ -14,9 +14,10 @@
 //   f32 output, f32/bf16   1e-5: products are exact in f32, only the f32 sums differ
 //                          in order; an f32 sum of K random terms has relative error
 //                          ~2^-24 sqrt(K/6) (1.5e-6 at K = 4096, 3e-6 at 14336) per side.
-//   f32 output, fp8        1e-4: cuBLASLt promotes to an f32 accumulator (FAST_ACCUM off),
+//   f32 output, fp8        5e-4: cuBLASLt promotes to an f32 accumulator (FAST_ACCUM off),
 //                          but inside one tensor-core MMA Hopper adds FP8 products with
-//                          only ~14 bits kept (DeepSeek-V3 report, 3.3.2), ~1e-5..1e-4.
+//                          only ~14 bits kept (DeepSeek-V3 report, 3.3.2): measured on an
+//                          H100 1.0e-4..1.3e-4 at K = 256..512 (2026-11-23).
 //                          1e-3 with fast_accum. A wrong scale or layout gives O(1).
 //   f32 output, scaled i8  1e-6: exact int32 product; the GPU applies the scales with 3
 //                          f32 roundings (<= 2.4e-7), the CPU with one.
@@ -145,7 +146,7 @@ QTensor to_device(const QTensor& q) {
 double tolerance_of(const Case& c) {
   if (c.out == DType::i32) return 0.0;
   if (c.out == DType::bf16) return 4e-3;
-  if (is_fp8(c.a)) return c.fast_accum ? 1e-3 : 1e-4;
+  if (is_fp8(c.a)) return c.fast_accum ? 1e-3 : 5e-4;
   if (c.a == DType::i8) return 1e-6;
   return 1e-5;
 }

@@ -284,9 +284,13 @@ CheckResult run_graph_capture(const Input& in, const QuantSpec& spec, bool rotat
     CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     CUDA_CHECK(cudaGraphLaunch(exec, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
+    // compare() reads its second argument on the host.
+    const auto on_host = [](const QTensor& q) {
+      return QTensor{q.data.to(Device::cpu), q.scale.to(Device::cpu), q.granularity};
+    };
     Compare cmp;
-    compare(go, eo, "out", cmp);
-    compare(gt, et, "out_t", cmp);
+    compare(go, on_host(eo), "out", cmp);
+    compare(gt, on_host(et), "out_t", cmp);
     res.error = static_cast<double>(cmp.mismatches);
     res.ok = cmp.mismatches == 0 && cmp.scale_err == 0.0 && !cmp.scale_nan_mismatch;
     res.detail = cmp.first.empty() ? "captured; graph result identical to the eager one" : "differs: " + cmp.first;
