@@ -4,6 +4,9 @@
 // construction (Paley I/II, Williamson, Sylvester products) for the K values
 // Llama-family widths need. When no H_K fits d, the plan falls back to a
 // block-diagonal rotation with the largest power-of-two block dividing d.
+//
+// Index convention: element i of a length-d vector is (a, b) = (i / 2^k, i % 2^k),
+// so x R = H_K^T X H_{2^k} / sqrt(d) with X the K x 2^k matrix view of x.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -14,9 +17,11 @@
 namespace halo {
 
 // A K x K matrix of +-1 (row-major) with H H^T = K I, or an empty vector if
-// this K is not among the orders we can build.
+// this K is not among the orders we can build. K = 1 gives [1].
 std::vector<int8_t> hadamard_matrix(int64_t k);
-std::vector<int64_t> hadamard_orders();  // the K values hadamard_matrix builds (> 1)
+// The K values hadamard_matrix builds (> 1), ascending: the powers of two up to
+// 256 and the non-power-of-two orders used by plans (12, 20, 28, ...).
+std::vector<int64_t> hadamard_orders();
 
 struct HadamardPlan {
   int64_t dim = 0;    // d, the length rotated
@@ -24,20 +29,54 @@ struct HadamardPlan {
   int64_t k = 1;      // H_K factor of one block: block = k * pow2
   int64_t pow2 = 1;
   std::vector<int8_t> h_k;  // k x k, row-major (empty when k == 1)
-  Tensor h_k_device;        // the same as f32 on the GPU, made on first CUDA use
+  // On the GPU: f32, H_K then H_K^T (row-major k x k each), then the Paley II
+  // conference matrix if any (see HadamardDevicePlan); made on the first
+  // hadamard_device_plan() call, undefined until then and when k == 1.
+  Tensor h_k_device;
   bool full() const { return block == dim; }
-  std::string describe() const;  // e.g. "14336 = 28 x 512" or "block 256 of 11000 (fallback)"
+  std::string describe() const;  // e.g. "14336 = 28 x 512" or "block 8 of 11000 (fallback)"
 };
 
 // The plan for length d (cached; thread-safe). Never fails for d >= 1.
 const HadamardPlan& hadamard_plan(int64_t d);
 
-// y = x R (transpose = false) or y = x R^T along the last dim of x ([rows, d]).
-// x and y are f32 or bf16, same shape and device; y may alias x.
+// y = x R (transpose = false) or y = x R^T along the last dim of x ([..., d]).
+// x and y are f32 or bf16 (may differ), same shape and device; y may alias x
+// (exactly, not a partial overlap). Compute is f32; bf16 is written with
+// round-to-nearest-even. CUDA: asynchronous on current_stream().
 void hadamard_rows(const Tensor& x, Tensor& y, bool transpose = false);
 
-// y = R^T x (transpose = false) or y = R x along the first dim of x ([d, cols]):
-// the token-dimension rotation of halo2 (columns of E_Y rotated).
+// y = R^T x (transpose = false) or y = R x along the first dim of x ([d, ...]):
+// the token-dimension rotation of halo2 (columns of E_Y rotated). Same rules.
+// Note: column c of y is what hadamard_rows (same transpose flag) makes of the
+// row vector x[:, c].
 void hadamard_cols(const Tensor& x, Tensor& y, bool transpose = false);
+
+// What a CUDA kernel needs to apply a plan: plain values, pass by value.
+// Consumed by the device building block in kernels/hadamard.cuh.
+struct HadamardDevicePlan {
+  int dim = 0;        // d
+  int block = 0;      // rotated block length (== dim unless fallback)
+  int k = 1;          // H_K order (1: Sylvester only)
+  int pow2 = 1;       // block / k
+  int log2_pow2 = 0;  // log2(pow2)
+  const float* h_k = nullptr;   // device f32 [k, k] H_K row-major (null when k == 1)
+  const float* h_kt = nullptr;  // device f32 [k, k] H_K^T row-major
+  float scale = 1.0f;           // 1 / sqrt(block)
+  // Paley II structure, H_K = C kron [[1,-1],[-1,-1]] + I kron [[1,1],[1,-1]]
+  // (then H_K is symmetric): paley_n = k / 2 and conf = C (device f32, paley_n
+  // rows of round_up(paley_n, 4) floats, zero padded). paley_n = 0 otherwise.
+  int paley_n = 0;
+  const float* conf = nullptr;
+};
+
+// n = k / 2 if H (k x k) has the Paley II structure described at
+// HadamardDevicePlan::paley_n, else 0.
+int64_t paley2_order(const std::vector<int8_t>& h, int64_t k);
+
+// Builds the device view of a plan; uploads H_K on the first call for this plan
+// (a blocking host-to-device copy, once per d and process: call it before CUDA
+// graph capture). Thread-safe. Needs a CUDA build; throws otherwise.
+HadamardDevicePlan hadamard_device_plan(const HadamardPlan& plan);
 
 }  // namespace halo

@@ -1,0 +1,255 @@
+// CUDA kernels of the Hadamard rotations (see hadamard.h for the math).
+//
+// Rows (x R along the last dim): one thread block per row; the row goes
+// through shared memory (f32) and is rotated there by the block. The fast
+// kernel (hadamard_detail::rotate_row_fast) fuses the first pass with the
+// global loads and the last step with the global stores; the general kernel
+// (odd sizes, misaligned views) uses hadamard_rotate_smem as is. Limit: d f32
+// values must fit in one block's shared memory (d <= ~56K on H100/A100,
+// ~25K on sm_89).
+//
+// Columns (R^T x along the first dim, the token dimension): the rotation is
+// split into passes over global memory, each applying one factor of
+// R = (H_K kron H_2^n) / sqrt(d) along the first dim for a tile of 32 columns:
+//   WHT passes: H over up to 8 bits of the row index (2^m rows with stride 2^lo),
+//   a K-mix pass (K > 1): H_K over the K rows {a P + b}.
+// With a bf16 output and more than one pass the intermediate values live in
+// an f32 workspace, so the result is rounded once, as on the CPU.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "core/cuda_check.h"
+#include "core/error.h"
+#include "core/stream.h"
+#include "kernels/hadamard.cuh"
+#include "kernels/hadamard.h"
+
+namespace halo {
+namespace {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+}  // namespace
+
+// bf16 element I/O for the kernel pieces in hadamard.cuh (f32 is there).
+template <>
+struct hadamard_detail::ElementIO<__nv_bfloat16> {
+  static __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+  static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ void load16(const __nv_bfloat16* p, float (&v)[16]) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const uint4 t = reinterpret_cast<const uint4*>(p)[q];
+      const uint32_t w[4] = {t.x, t.y, t.z, t.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {  // little endian: the low half is the lower element
+        v[8 * q + 2 * e] = __uint_as_float(w[e] << 16);
+        v[8 * q + 2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+      }
+    }
+  }
+  static __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {  // p 8-byte aligned
+    const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+    uint2 u;
+    u.x = *reinterpret_cast<const uint32_t*>(&a);
+    u.y = *reinterpret_cast<const uint32_t*>(&b);
+    *reinterpret_cast<uint2*>(p) = u;
+  }
+};
+
+namespace {
+
+// ---- rows ------------------------------------------------------------------------------
+
+// The fast row kernel: one block per row (grid-stride over rows); see
+// hadamard_detail::rotate_row_fast for the method and its preconditions.
+template <class TI, class TO>
+__global__ void __launch_bounds__(512, 2)
+    rows_fast_kernel(const TI* x, TO* y, int64_t rows, HadamardDevicePlan p, bool transpose) {
+  extern __shared__ float4 smem_fast[];
+  float* s = reinterpret_cast<float*>(smem_fast);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x)
+    hadamard_detail::rotate_row_fast<TI, TO>(x + r * p.dim, y + r * p.dim, s, p, transpose);
+}
+
+// The general row kernel (any plan, any alignment): row staged in shared
+// memory, rotated with the device building block of hadamard.cuh.
+template <class TI, class TO>
+__global__ void __launch_bounds__(512)
+    rows_kernel(const TI* x, TO* y, int64_t rows, HadamardDevicePlan p,
+                bool transpose) {
+  extern __shared__ float4 smem_rows[];
+  float* s = reinterpret_cast<float*>(smem_rows);
+  const int d = p.dim;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const TI* xr = x + r * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s[i] = to_f32(xr[i]);
+    hadamard_rotate_smem(s, p, transpose);  // barriers at entry and exit
+    TO* yr = y + r * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = from_f32<TO>(s[i]);
+    __syncthreads();  // the next row's loads overwrite s
+  }
+}
+
+int max_smem_per_block() {
+  int dev = 0, bytes = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return bytes;
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// The fast kernel's preconditions (see rotate_row_fast); else the general one.
+bool use_fast_rows(const Tensor& x, const Tensor& y, const HadamardDevicePlan& p) {
+  const int min_n = p.k == 1 ? 5 : 4;
+  return p.log2_pow2 >= min_n && p.dim % 16 == 0 && aligned16(x.data()) && aligned16(y.data());
+}
+
+template <class TI, class TO>
+void launch_rows(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool transpose) {
+  const int64_t rows = x.numel() / p.dim;
+  const size_t smem = static_cast<size_t>(hadamard_smem_floats(p.dim)) * sizeof(float);
+  HALO_CHECK(smem <= static_cast<size_t>(max_smem_per_block()), "hadamard_rows: d = ", p.dim,
+             " needs ", smem, " bytes of shared memory per block, more than this GPU offers");
+  const int threads = std::clamp((p.dim / 16 + 31) / 32 * 32, 64, 512);
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(rows, 0x7fffffff));
+  const bool fast = use_fast_rows(x, y, p);
+  auto kernel = fast ? rows_fast_kernel<TI, TO> : rows_kernel<TI, TO>;
+  if (smem > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)));
+  kernel<<<grid, threads, smem, current_stream()>>>(static_cast<const TI*>(x.data()),
+                                                   static_cast<TO*>(y.data()), rows, p, transpose);
+  CUDA_CHECK_LAUNCH();
+}
+
+// ---- columns ---------------------------------------------------------------------------
+
+using hadamard_detail::kColMaxBits;
+using hadamard_detail::kColTile;
+constexpr int kColThreads = 256;  // 8 warps
+
+template <class TI, class TO>
+__global__ void cols_wht_kernel(const TI* x, TO* y, int64_t cols, int lo, int m, float scale) {
+  __shared__ float tile[(1 << kColMaxBits) * kColTile];
+  hadamard_detail::cols_wht_block<TI, TO>(x, y, cols, lo, m, scale, tile, blockIdx.y, blockIdx.x);
+}
+
+template <class TI, class TO>
+__global__ void cols_kmix_kernel(const TI* x, TO* y, int64_t cols, HadamardDevicePlan p, bool transpose) {
+  extern __shared__ float4 smem_cols[];
+  hadamard_detail::cols_kmix_block<TI, TO>(x, y, cols, p, transpose, reinterpret_cast<float*>(smem_cols),
+                                           blockIdx.y, blockIdx.x);
+}
+
+// One pass of the column rotation from `in` (type TI) to `out` (type TO).
+struct ColPass {
+  bool kmix;
+  int lo, m;  // WHT passes: bits [lo, lo + m) of the row index
+};
+
+template <class TI, class TO>
+void launch_col_pass(const ColPass& pass, const void* in, void* out, int64_t cols,
+                     const HadamardDevicePlan& p, bool transpose, bool last) {
+  // grid.x: row groups (up to 2^31 - 1), grid.y: column tiles (up to 65535).
+  const int64_t tiles = (cols + kColTile - 1) / kColTile;
+  HALO_CHECK(tiles <= 65535, "hadamard_cols: ", cols, " columns, at most ", 65535 * kColTile, " supported");
+  if (pass.kmix) {
+    const dim3 grid(static_cast<unsigned>(p.pow2), static_cast<unsigned>(tiles));
+    const size_t smem = static_cast<size_t>(p.k) * kColTile * sizeof(float);
+    cols_kmix_kernel<TI, TO><<<grid, kColThreads, smem, current_stream()>>>(
+        static_cast<const TI*>(in), static_cast<TO*>(out), cols, p, transpose);
+  } else {
+    const int64_t groups = int64_t{p.dim} >> pass.m;
+    const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(tiles));
+    const float scale = (last && p.k == 1) ? p.scale : 1.0f;
+    cols_wht_kernel<TI, TO><<<grid, kColThreads, 0, current_stream()>>>(
+        static_cast<const TI*>(in), static_cast<TO*>(out), cols, pass.lo, pass.m, scale);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class TI, class TO>
+void run_cols(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool transpose) {
+  const int64_t cols = x.numel() / p.dim;
+  std::vector<ColPass> passes;
+  const int n = p.log2_pow2;
+  const int npass = (n + kColMaxBits - 1) / kColMaxBits;
+  for (int i = 0, lo = 0; i < npass; ++i) {
+    const int m = (n - lo) / (npass - i);  // split the bits evenly
+    passes.push_back({false, lo, m});
+    lo += m;
+  }
+  if (p.k > 1) passes.push_back({true, 0, 0});
+  if (passes.empty()) {  // d = 1 (or a fallback block of 1): R = identity
+    passes.push_back({false, 0, 0});
+  }
+  // Intermediates: y itself when it is f32, else an f32 workspace.
+  Tensor work;
+  void* mid = y.data();
+  if (passes.size() > 1 && y.dtype() != DType::f32) {
+    work = Tensor::empty({p.dim, cols}, DType::f32, Device::cuda);
+    mid = work.data();
+  }
+  for (size_t i = 0; i < passes.size(); ++i) {
+    const bool first = i == 0, last = i + 1 == passes.size();
+    const void* in = first ? x.data() : mid;
+    void* out = last ? y.data() : mid;
+    // Every intermediate (`mid`) is f32.
+    if (first && last) launch_col_pass<TI, TO>(passes[i], in, out, cols, p, transpose, true);
+    else if (first) launch_col_pass<TI, float>(passes[i], in, out, cols, p, transpose, false);
+    else if (last) launch_col_pass<float, TO>(passes[i], in, out, cols, p, transpose, true);
+    else launch_col_pass<float, float>(passes[i], in, out, cols, p, transpose, false);
+  }
+}
+
+template <template <class, class> class F, class... Args>
+void dispatch2(DType ti, DType to, Args&&... args) {
+  if (ti == DType::f32 && to == DType::f32) F<float, float>::run(args...);
+  else if (ti == DType::f32) F<float, __nv_bfloat16>::run(args...);
+  else if (to == DType::f32) F<__nv_bfloat16, float>::run(args...);
+  else F<__nv_bfloat16, __nv_bfloat16>::run(args...);
+}
+
+template <class TI, class TO>
+struct RowsOp {
+  static void run(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool t) { launch_rows<TI, TO>(x, y, p, t); }
+};
+template <class TI, class TO>
+struct ColsOp {
+  static void run(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool t) { run_cols<TI, TO>(x, y, p, t); }
+};
+
+}  // namespace
+
+namespace detail {
+
+void hadamard_rows_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, bool transpose) {
+  HALO_CHECK(plan.dim <= (1 << 30), "hadamard_rows: d too large");
+  const HadamardDevicePlan p = hadamard_device_plan(plan);
+  dispatch2<RowsOp>(x2.dtype(), y2.dtype(), x2, y2, p, transpose);
+}
+
+void hadamard_cols_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, bool transpose) {
+  HALO_CHECK(plan.dim <= (1 << 30), "hadamard_cols: d too large");
+  const HadamardDevicePlan p = hadamard_device_plan(plan);
+  dispatch2<ColsOp>(x2.dtype(), y2.dtype(), x2, y2, p, transpose);
+}
+
+}  // namespace detail
+}  // namespace halo

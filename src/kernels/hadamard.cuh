@@ -1,0 +1,473 @@
+// Device-side building block: rotate ONE row held in shared memory, in place,
+// cooperatively by a whole thread block (for fused kernels such as the quantizer).
+//
+//   #include "kernels/hadamard.cuh"
+//   // host:  const HadamardDevicePlan p = hadamard_device_plan(hadamard_plan(d));
+//   //        (pass p to the kernel by value; smem: hadamard_smem_floats(d) floats)
+//   // device, every thread of the block:
+//   halo::hadamard_rotate_smem(row, p, transpose);   // row := row R   (transpose = false)
+//                                                    // row := row R^T (transpose = true)
+//   Template arguments: hadamard_rotate_smem<kMaxItems = 2, Layout = PlainLayout>.
+//
+// Contract:
+// - Every thread of the block must call it, with the same arguments (it
+//   contains __syncthreads(); a thread that skips it deadlocks the block).
+// - 1-D block (threadIdx.y == threadIdx.z == 0), blockDim.x a multiple of 32,
+//   at most 1024; 256..1024 threads is the efficient range. It needs
+//   blockDim.x * kMaxItems >= p.k / 4 (true for every order we build, K <= 256,
+//   with >= 32 threads and the default kMaxItems = 2).
+// - row: shared memory, 16-byte aligned; p.dim floats with PlainLayout,
+//   hadamard_smem_floats(p.dim) (d rounded up to 32) with SwizzledLayout.
+//   Layout (template argument): PlainLayout (default): element i at row[i].
+//   SwizzledLayout: element i at row[SwizzledLayout::at(i)], a permutation
+//   inside each aligned group of 32 floats that keeps groups of 4 together
+//   (so float4 accesses of elements 4m..4m+3 stay valid); it makes every shared
+//   memory access of the rotation free of bank conflicts (plain: the first two
+//   passes have 4- and 2-way conflicts). Read and write the row through the
+//   same layout.
+// - No other shared memory and no scratch. Registers: up to ~40 floats per
+//   thread (kMaxItems = 2).
+// - It starts with __syncthreads() (the caller's writes to row are visible)
+//   and ends with __syncthreads() (the caller may read any element right after).
+// - The result is orthonormal (scaled by 1/sqrt(p.block)). Any plan works:
+//   pure power of two, K * 2^k, and the block-diagonal fallback.
+//
+// Cost per row of d floats: ceil(log2(2^k) / 4) radix-16 passes over shared
+// memory, then (K > 1) the K-mix: for the Paley II orders K in {12, 20, 28, 36}
+// (H_K = C kron A + I kron B) d*K/2 multiply-adds with each element read once;
+// otherwise d*K multiply-adds, H_K read through the read-only cache (uniform
+// across a warp). hadamard.cu's row kernel uses the same pieces with its first
+// and last pass fused into the global loads and stores.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "kernels/hadamard.h"
+
+namespace halo {
+
+// Shared-memory layouts of a row (see the contract above).
+struct PlainLayout {
+  static __device__ __forceinline__ int at(int i) { return i; }
+};
+struct SwizzledLayout {
+  // Bits 2..4 of the index are XORed with bits 5..6 and with the parity of
+  // bits 5 and up: (a) 8 threads storing 16 contiguous floats each as float4
+  // hit distinct bank groups, (b) two half-warps whose indices differ in one
+  // bit >= 5 land in opposite halves of the banks, (c) 32 lanes reading 32
+  // consecutive elements of an aligned group stay a permutation of the banks.
+  static __device__ __forceinline__ int at(int i) {
+    return i ^ (((i >> 5) & 3) << 2) ^ ((__popc(i >> 5) & 1) << 4);
+  }
+};
+
+// Shared memory floats to reserve for one row of length d (either layout).
+__host__ __device__ constexpr int hadamard_smem_floats(int d) { return (d + 31) / 32 * 32; }
+
+namespace hadamard_detail {
+
+// In-register Walsh-Hadamard butterflies on v[0..N): stages h = 1, 2, 4, ... < N,
+// only the first `stages` of them (for segments shorter than N).
+template <int N>
+__device__ __forceinline__ void wht_regs(float (&v)[N], int stages) {
+  int s = 0;
+#pragma unroll
+  for (int h = 1; h < N; h <<= 1, ++s) {
+    if (s < stages) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        if ((i & h) == 0) {
+          const float a = v[i], b = v[i + h];
+          v[i] = a + b;
+          v[i + h] = a - b;
+        }
+      }
+    }
+  }
+}
+
+// Where results go: back to the shared row (in place) or elsewhere (the row
+// kernel writes straight to global memory). i is the logical element index.
+template <class Layout>
+struct SmemStore {
+  float* x;
+  __device__ __forceinline__ void operator()(int i, float v) const { x[Layout::at(i)] = v; }
+  __device__ __forceinline__ void store4(int i, float4 v) const {  // elements i..i+3, i % 4 == 0
+    *reinterpret_cast<float4*>(x + Layout::at(i)) = v;
+  }
+};
+
+// One radix-2^NB pass of the fast Walsh-Hadamard transform over the row:
+// butterflies of bits [b0, b0 + NB) of the element index (stride 2^b0). Each
+// group of 2^NB elements is one thread's, in registers; lanes of a warp take
+// consecutive groups (consecutive addresses for b0 >= 5). `st` may write in
+// place: a thread writes only the elements it has read.
+template <int NB, class Layout, class Store>
+__device__ __forceinline__ void wht_pass(const float* x, int d, int b0, float scale, const Store& st) {
+  constexpr int R = 1 << NB;
+  const int groups = d >> NB;
+  const int s = 1 << b0;
+  for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+    const int base = ((g >> b0) << (b0 + NB)) | (g & (s - 1));
+    float v[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) v[r] = x[Layout::at(base + r * s)];
+    wht_regs<R>(v, NB);
+#pragma unroll
+    for (int r = 0; r < R; ++r) st(base + r * s, v[r] * scale);
+  }
+}
+
+template <class Layout, class Store>
+__device__ __forceinline__ void wht_pass_n(int nb, const float* x, int d, int b0, float scale,
+                                           const Store& st) {
+  switch (nb) {
+    case 1: wht_pass<1, Layout>(x, d, b0, scale, st); break;
+    case 2: wht_pass<2, Layout>(x, d, b0, scale, st); break;
+    case 3: wht_pass<3, Layout>(x, d, b0, scale, st); break;
+    case 4: wht_pass<4, Layout>(x, d, b0, scale, st); break;
+    default: wht_pass<5, Layout>(x, d, b0, scale, st); break;
+  }
+}
+
+// Bits [0, stages) (stages <= 4) on groups of 16 contiguous floats, in place,
+// with float4 accesses (d % 16 == 0).
+template <class Layout>
+__device__ __forceinline__ void wht_pass16_smem(float* x, int d, int stages, float scale) {
+  for (int g = threadIdx.x; g < (d >> 4); g += blockDim.x) {
+    float v[16];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float4 t = *reinterpret_cast<const float4*>(x + Layout::at(16 * g + 4 * q));
+      v[4 * q] = t.x, v[4 * q + 1] = t.y, v[4 * q + 2] = t.z, v[4 * q + 3] = t.w;
+    }
+    wht_regs<16>(v, stages);
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      *reinterpret_cast<float4*>(x + Layout::at(16 * g + 4 * q)) =
+          make_float4(v[4 * q] * scale, v[4 * q + 1] * scale, v[4 * q + 2] * scale, v[4 * q + 3] * scale);
+  }
+}
+
+// ---- the K-mix -------------------------------------------------------------------------
+// With X the K x P view of the row (element a * P + c), Y = M^T X * scale where
+// M = H_K (x R) or H_K^T (x R^T): y[j][c] = sum_a M[a][j] z[a][c].
+
+// Any K (K % 4 == 0). One work item = 4 outputs j x CW adjacent columns; lanes
+// of a warp take adjacent column groups with the same j block, so the M loads
+// are warp-uniform. Columns go in rounds; a round keeps its results in
+// registers until every thread has read its inputs (one barrier), and rounds
+// touch disjoint columns, so `st` may write in place.
+template <int CW, int kMaxItems, class Layout, class Store>
+__device__ __forceinline__ void kmix_generic(const float* x, const HadamardDevicePlan& p, bool transpose,
+                                             const Store& st) {
+  const int K = p.k, P = p.pow2, KB = K / 4;
+  const int nthreads = blockDim.x;
+  const int ncg = P / CW;  // column groups
+  int per_round = (nthreads * kMaxItems) / KB;
+  per_round = per_round < 1 ? 1 : (per_round > ncg ? ncg : per_round);
+  const float* M = transpose ? p.h_kt : p.h_k;
+  for (int cg0 = 0; cg0 < ncg; cg0 += per_round) {
+    const int ncgr = (ncg - cg0) < per_round ? (ncg - cg0) : per_round;
+    const int nitems = ncgr * KB;
+    float acc[kMaxItems][4][CW];
+#pragma unroll
+    for (int it = 0; it < kMaxItems; ++it) {
+      const int item = threadIdx.x + it * nthreads;
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+        for (int e = 0; e < CW; ++e) acc[it][jj][e] = 0.0f;
+      if (item < nitems) {
+        const int jb = item / ncgr, c = (cg0 + item % ncgr) * CW;
+        const float* mcol = M + jb * 4;
+        for (int a = 0; a < K; ++a) {
+          float z[CW];
+          if constexpr (CW == 4) {
+            const float4 t = *reinterpret_cast<const float4*>(x + Layout::at(a * P + c));
+            z[0] = t.x, z[1] = t.y, z[2] = t.z, z[3] = t.w;
+          } else {
+#pragma unroll
+            for (int e = 0; e < CW; ++e) z[e] = x[Layout::at(a * P + c + e)];
+          }
+          const float4 h = __ldg(reinterpret_cast<const float4*>(mcol + a * K));
+#pragma unroll
+          for (int e = 0; e < CW; ++e) {
+            acc[it][0][e] = fmaf(h.x, z[e], acc[it][0][e]);
+            acc[it][1][e] = fmaf(h.y, z[e], acc[it][1][e]);
+            acc[it][2][e] = fmaf(h.z, z[e], acc[it][2][e]);
+            acc[it][3][e] = fmaf(h.w, z[e], acc[it][3][e]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // every input of this round's columns has been read
+#pragma unroll
+    for (int it = 0; it < kMaxItems; ++it) {
+      const int item = threadIdx.x + it * nthreads;
+      if (item < nitems) {
+        const int jb = item / ncgr, c = (cg0 + item % ncgr) * CW;
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          const int i = (jb * 4 + jj) * P + c;
+          if constexpr (CW == 4) {
+            st.store4(i, make_float4(acc[it][jj][0] * p.scale, acc[it][jj][1] * p.scale,
+                                     acc[it][jj][2] * p.scale, acc[it][jj][3] * p.scale));
+          } else {
+#pragma unroll
+            for (int e = 0; e < CW; ++e) st(i + e, acc[it][jj][e] * p.scale);
+          }
+        }
+      }
+    }
+    // No barrier: the next round reads other columns only.
+  }
+}
+
+// Paley II orders, K = 2N: H = C kron [[1,-1],[-1,-1]] + I kron [[1,1],[1,-1]]
+// with C the symmetric N x N conference matrix (zero diagonal), so H = H^T and
+// with s_j = z_2j + z_2j+1, t_j = z_2j - z_2j+1:
+//   y_2i = sum_j C_ij t_j + s_i,    y_2i+1 = -sum_j C_ij s_j + t_i.
+// Half the multiply-adds of the dense mix. One thread owns a column c (all K
+// elements in registers), so it may write in place with no barrier. C rows
+// are read as float4 (p.conf is N x NP, NP = N rounded up to 4, zero padded),
+// warp-uniform.
+template <int N, class Layout, class Store>
+__device__ __forceinline__ void kmix_paley2(const float* x, const HadamardDevicePlan& p, const Store& st) {
+  constexpr int NP = (N + 3) / 4 * 4;
+  const int P = p.pow2;
+  for (int c = threadIdx.x; c < P; c += blockDim.x) {
+    float s[N], t[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float z0 = x[Layout::at(2 * j * P + c)], z1 = x[Layout::at((2 * j + 1) * P + c)];
+      s[j] = z0 + z1;
+      t[j] = z0 - z1;
+    }
+#pragma unroll 1
+    for (int i = 0; i < N; ++i) {
+      float ye = 0.0f, yo = 0.0f;
+      const float4* crow = reinterpret_cast<const float4*>(p.conf + i * NP);
+#pragma unroll
+      for (int q = 0; q < NP / 4; ++q) {
+        const float4 cv = __ldg(crow + q);
+        const float cq[4] = {cv.x, cv.y, cv.z, cv.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (4 * q + e < N) {
+            ye = fmaf(cq[e], t[4 * q + e], ye);
+            yo = fmaf(cq[e], s[4 * q + e], yo);
+          }
+        }
+      }
+      // s_i, t_i again from the row (i is not a compile-time index into s, t);
+      // rows 2i and 2i+1 of this column are only overwritten just below.
+      const float z0 = x[Layout::at(2 * i * P + c)], z1 = x[Layout::at((2 * i + 1) * P + c)];
+      const float si = z0 + z1, ti = z0 - z1;
+      st(2 * i * P + c, (ye + si) * p.scale);
+      st((2 * i + 1) * P + c, (ti - yo) * p.scale);
+    }
+  }
+}
+
+// The K-mix for any plan with K > 1. kMaxItems: see kmix_generic.
+template <int kMaxItems, class Layout, class Store>
+__device__ __forceinline__ void kmix(const float* x, const HadamardDevicePlan& p, bool transpose, const Store& st) {
+  switch (p.paley_n) {  // H_K symmetric: the transpose flag does not matter
+    case 6: kmix_paley2<6, Layout>(x, p, st); return;
+    case 10: kmix_paley2<10, Layout>(x, p, st); return;
+    case 14: kmix_paley2<14, Layout>(x, p, st); return;
+    case 18: kmix_paley2<18, Layout>(x, p, st); return;
+    default: break;
+  }
+  if (p.pow2 % 4 == 0) {
+    kmix_generic<4, kMaxItems, Layout>(x, p, transpose, st);
+  } else {
+    kmix_generic<1, kMaxItems, Layout>(x, p, transpose, st);
+  }
+}
+
+
+// ---- pieces of the kernels in hadamard.cu (here so that they can be tested
+// on their own) ---------------------------------------------------------------------
+
+// Element I/O of global tensors: f32 here; hadamard.cu adds __nv_bfloat16.
+template <class T>
+struct ElementIO;
+template <>
+struct ElementIO<float> {
+  static __device__ __forceinline__ float load(const float* p) { return *p; }
+  static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
+  // 16 contiguous elements, p 16-byte aligned.
+  static __device__ __forceinline__ void load16(const float* p, float (&v)[16]) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float4 t = reinterpret_cast<const float4*>(p)[q];
+      v[4 * q] = t.x, v[4 * q + 1] = t.y, v[4 * q + 2] = t.z, v[4 * q + 3] = t.w;
+    }
+  }
+  static __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+};
+
+// Results to global memory (the row kernels' last step).
+template <class TO>
+struct GlobalStore {
+  TO* y;
+  __device__ __forceinline__ void operator()(int i, float v) const { ElementIO<TO>::store(y + i, v); }
+  __device__ __forceinline__ void store4(int i, float4 v) const { ElementIO<TO>::store4(y + i, v); }
+};
+
+// The fast row kernel's work on one row (all threads of the block): the row
+// lives in shared memory `s` (hadamard_smem_floats(d) floats) as f32 in the
+// swizzled layout, so no access has bank conflicts.
+//   pass A: bits 0..3 of the index, 16 contiguous elements per thread, straight
+//           from global memory (16-byte loads) into registers, then to `s`;
+//   passes: the remaining bits of 2^n in radix-16/32 passes over `s`; the last
+//           one (K = 1) writes the scaled result straight to global memory;
+//   K-mix:  (K > 1) from `s` straight to global memory.
+// Preconditions: 16 <= 2^n (32 when K = 1), d % 16 == 0, xr and yr 16-byte
+// aligned. yr may alias xr: the whole row is read before any of it is written.
+// Ends with a barrier (s may be reused).
+template <class TI, class TO>
+__device__ __forceinline__ void rotate_row_fast(const TI* xr, TO* yr, float* s, const HadamardDevicePlan& p,
+                                                bool transpose) {
+  using L = SwizzledLayout;
+  const int d = p.dim, n = p.log2_pow2;
+  const int rem = n - 4, npass = (rem + 4) / 5;  // bits after pass A, passes of <= 5 bits
+  const SmemStore<L> sst{s};
+  const GlobalStore<TO> gst{yr};
+  for (int g = threadIdx.x; g < (d >> 4); g += blockDim.x) {
+    float v[16];
+    ElementIO<TI>::load16(xr + 16 * g, v);
+    wht_regs<16>(v, 4);
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      *reinterpret_cast<float4*>(s + L::at(16 * g + 4 * q)) =
+          make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+  }
+  __syncthreads();
+  int b0 = 4;
+  for (int ip = 0; ip < npass; ++ip) {
+    const int nb = rem / npass + (ip < rem % npass ? 1 : 0);
+    if (ip == npass - 1 && p.k == 1) {
+      wht_pass_n<L>(nb, s, d, b0, p.scale, gst);
+    } else {
+      wht_pass_n<L>(nb, s, d, b0, 1.0f, sst);
+    }
+    __syncthreads();
+    b0 += nb;
+  }
+  if (p.k > 1) {
+    kmix<1, L>(s, p, transpose, gst);
+    __syncthreads();
+  }
+}
+
+// Column rotation (along the first dim of [d, cols]), one thread block's part
+// of a pass; a block is (column tile bx of kColTile columns, row group by).
+constexpr int kColTile = 32;    // columns per block (one per lane)
+constexpr int kColMaxBits = 8;  // rows per WHT pass: at most 2^8 (32 KB of f32 tile)
+
+// WHT over bits [lo, lo + m) of the row index for the group of 2^m rows
+// {base + r 2^lo} (group by). The tile sits in shared memory as
+// tile[row][lane] (2^m x 32 floats); a thread transforms 16-row slices of one
+// column in registers, so a warp's accesses are 32 consecutive floats. In
+// place is fine: the block reads all its elements before writing them.
+template <class TI, class TO>
+__device__ __forceinline__ void cols_wht_block(const TI* x, TO* y, int64_t cols, int lo, int m, float scale,
+                                               float* tile, int64_t bx, int64_t by) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int G = 1 << m;
+  const int64_t S = int64_t{1} << lo;
+  const int64_t base = ((by >> lo) << (lo + m)) | (by & (S - 1));
+  const int64_t c = bx * kColTile + lane;
+  const bool in = c < cols;
+  for (int r = warp; r < G; r += nwarps)
+    tile[r * kColTile + lane] = in ? ElementIO<TI>::load(x + (base + r * S) * cols + c) : 0.0f;
+  __syncthreads();
+  for (int b = 0; b < m; b += 4) {
+    const int nb = (m - b) < 4 ? (m - b) : 4;
+    const int R = 1 << nb, step = 1 << b, groups = G >> nb;
+    const float sc = (b + nb == m) ? scale : 1.0f;
+    for (int q = warp; q < groups; q += nwarps) {
+      const int r0 = ((q >> b) << (b + nb)) | (q & (step - 1));
+      float v[16];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) v[i] = i < R ? tile[(r0 + i * step) * kColTile + lane] : 0.0f;
+      wht_regs<16>(v, nb);
+#pragma unroll
+      for (int i = 0; i < 16; ++i)
+        if (i < R) tile[(r0 + i * step) * kColTile + lane] = v[i] * sc;
+    }
+    __syncthreads();
+  }
+  if (in)
+    for (int r = warp; r < G; r += nwarps) ElementIO<TO>::store(y + (base + r * S) * cols + c, tile[r * kColTile + lane]);
+}
+
+// K-mix along the first dim for the K rows {a P + b} (b = by) of a column
+// tile: y[j P + b] = scale * sum_a M[a][j] x[a P + b], M = H_K (R^T x) or
+// H_K^T (R x). tile: K x 32 floats. A thread makes 4 outputs j of one column.
+template <class TI, class TO>
+__device__ __forceinline__ void cols_kmix_block(const TI* x, TO* y, int64_t cols, const HadamardDevicePlan& p,
+                                                bool transpose, float* tile, int64_t bx, int64_t by) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int K = p.k;
+  const int64_t P = p.pow2, b = by;
+  const int64_t c = bx * kColTile + lane;
+  const bool in = c < cols;
+  for (int a = warp; a < K; a += nwarps)
+    tile[a * kColTile + lane] = in ? ElementIO<TI>::load(x + (a * P + b) * cols + c) : 0.0f;
+  __syncthreads();
+  const float* M = transpose ? p.h_kt : p.h_k;
+  for (int jb = warp; jb < K / 4; jb += nwarps) {
+    float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
+    for (int a = 0; a < K; ++a) {
+      const float z = tile[a * kColTile + lane];
+      const float4 h = __ldg(reinterpret_cast<const float4*>(M + a * K + jb * 4));
+      acc0 = fmaf(h.x, z, acc0);
+      acc1 = fmaf(h.y, z, acc1);
+      acc2 = fmaf(h.z, z, acc2);
+      acc3 = fmaf(h.w, z, acc3);
+    }
+    if (in) {
+      const int64_t j = jb * 4;
+      ElementIO<TO>::store(y + ((j + 0) * P + b) * cols + c, acc0 * p.scale);
+      ElementIO<TO>::store(y + ((j + 1) * P + b) * cols + c, acc1 * p.scale);
+      ElementIO<TO>::store(y + ((j + 2) * P + b) * cols + c, acc2 * p.scale);
+      ElementIO<TO>::store(y + ((j + 3) * P + b) * cols + c, acc3 * p.scale);
+    }
+  }
+}
+
+}  // namespace hadamard_detail
+
+// row := row R (transpose = false) or row R^T (transpose = true); see the
+// contract at the top of this file.
+template <int kMaxItems = 2, class Layout = PlainLayout>
+__device__ __forceinline__ void hadamard_rotate_smem(float* row, const HadamardDevicePlan& p, bool transpose) {
+  using namespace hadamard_detail;
+  __syncthreads();
+  const int n = p.log2_pow2, d = p.dim;
+  const SmemStore<Layout> st{row};
+  // Fast Walsh-Hadamard transform of every length-2^n segment (the K
+  // segments, or the blocks of the fallback). The scale goes into the last
+  // pass unless the K-mix follows.
+  int b0 = 0;
+  if (n > 0 && d % 16 == 0) {
+    const int nb = n < 4 ? n : 4;
+    wht_pass16_smem<Layout>(row, d, nb, (nb == n && p.k == 1) ? p.scale : 1.0f);
+    b0 = nb;
+    __syncthreads();
+  }
+  for (; b0 < n; b0 += 4) {
+    const int nb = (n - b0) < 4 ? (n - b0) : 4;
+    wht_pass_n<Layout>(nb, row, d, b0, (b0 + nb == n && p.k == 1) ? p.scale : 1.0f, st);
+    __syncthreads();
+  }
+  if (p.k > 1) {
+    kmix<kMaxItems, Layout>(row, p, transpose, st);
+    __syncthreads();
+  }
+}
+
+}  // namespace halo
