@@ -20,6 +20,7 @@ if ! "$bin/halo" doctor --probe >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 status=0
+export HALO_BIN=$PWD/$bin/halo
 if [ "$what" = test ] || [ "$what" = all ]; then
   for t in "$bin"/test_*; do
     [ -x "$t" ] || continue
