@@ -2,13 +2,15 @@
 //
 // Rows (x R along the last dim): one thread block per row; the row goes
 // through shared memory (f32) and is rotated there by the block. The fast
-// kernel (hadamard_detail::rotate_row_fast) fuses the first pass with the
+// kernel (hadamard_detail::rotate_rows_fast) fuses the first pass with the
 // global loads and the last step with the global stores; the general kernel
 // (odd sizes, misaligned views) uses hadamard_rotate_smem as is. Limit: d f32
 // values must fit in one block's shared memory (d <= ~56K on H100/A100,
 // ~25K on sm_89).
 //
-// Columns (R^T x along the first dim, the token dimension): the rotation is
+// Columns (R^T x along the first dim, the token dimension): by chunks of
+// columns, transpose -> row kernel -> transpose back (exact moves, one
+// rounding). For d too long for the row kernel, the rotation is
 // split into passes over global memory, each applying one factor of
 // R = (H_K kron H_2^n) / sqrt(d) along the first dim for a tile of 32 columns:
 //   WHT passes: H over up to 8 bits of the row index (2^m rows with stride 2^lo),
@@ -50,11 +52,17 @@ template <>
 struct hadamard_detail::ElementIO<__nv_bfloat16> {
   static __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
   static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-  static __device__ __forceinline__ void load16(const __nv_bfloat16* p, float (&v)[16]) {
+  struct Raw16 {
+    uint4 q[2];
+  };
+  static __device__ __forceinline__ void load_raw16(const __nv_bfloat16* p, Raw16& r) {
+    r.q[0] = reinterpret_cast<const uint4*>(p)[0];
+    r.q[1] = reinterpret_cast<const uint4*>(p)[1];
+  }
+  static __device__ __forceinline__ void unpack16(const Raw16& r, float (&v)[16]) {
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
-      const uint4 t = reinterpret_cast<const uint4*>(p)[q];
-      const uint32_t w[4] = {t.x, t.y, t.z, t.w};
+      const uint32_t w[4] = {r.q[q].x, r.q[q].y, r.q[q].z, r.q[q].w};
 #pragma unroll
       for (int e = 0; e < 4; ++e) {  // little endian: the low half is the lower element
         v[8 * q + 2 * e] = __uint_as_float(w[e] << 16);
@@ -75,23 +83,24 @@ namespace {
 
 // ---- rows ------------------------------------------------------------------------------
 
-// The fast row kernel: one block per row (grid-stride over rows); see
-// hadamard_detail::rotate_row_fast for the method and its preconditions.
+// The fast row kernel: `rpb` rows per block (grid-stride over groups of rows);
+// see hadamard_detail::rotate_rows_fast for the method and its preconditions.
 template <class TI, class TO>
 __global__ void __launch_bounds__(512, 2)
-    rows_fast_kernel(const TI* x, TO* y, int64_t rows, HadamardDevicePlan p, bool transpose) {
+    rows_fast_kernel(const TI* x, TO* y, int64_t rows, HadamardDevicePlan p, bool transpose, int rpb) {
   extern __shared__ float4 smem_fast[];
   float* s = reinterpret_cast<float*>(smem_fast);
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x)
-    hadamard_detail::rotate_row_fast<TI, TO>(x + r * p.dim, y + r * p.dim, s, p, transpose);
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * rpb; r < rows; r += static_cast<int64_t>(gridDim.x) * rpb) {
+    const int nrows = static_cast<int>(rows - r < rpb ? rows - r : rpb);
+    hadamard_detail::rotate_rows_fast<TI, TO>(x + r * p.dim, y + r * p.dim, s, p, transpose, nrows);
+  }
 }
 
 // The general row kernel (any plan, any alignment): row staged in shared
 // memory, rotated with the device building block of hadamard.cuh.
 template <class TI, class TO>
 __global__ void __launch_bounds__(512)
-    rows_kernel(const TI* x, TO* y, int64_t rows, HadamardDevicePlan p,
-                bool transpose) {
+    rows_kernel(const TI* x, TO* y, int64_t rows, HadamardDevicePlan p, bool transpose, int) {
   extern __shared__ float4 smem_rows[];
   float* s = reinterpret_cast<float*>(smem_rows);
   const int d = p.dim;
@@ -114,7 +123,7 @@ int max_smem_per_block() {
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-// The fast kernel's preconditions (see rotate_row_fast); else the general one.
+// The fast kernel's preconditions (see rotate_rows_fast); else the general one.
 bool use_fast_rows(const Tensor& x, const Tensor& y, const HadamardDevicePlan& p) {
   const int min_n = p.k == 1 ? 5 : 4;
   return p.log2_pow2 >= min_n && p.dim % 16 == 0 && aligned16(x.data()) && aligned16(y.data());
@@ -123,18 +132,22 @@ bool use_fast_rows(const Tensor& x, const Tensor& y, const HadamardDevicePlan& p
 template <class TI, class TO>
 void launch_rows(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool transpose) {
   const int64_t rows = x.numel() / p.dim;
-  const size_t smem = static_cast<size_t>(hadamard_smem_floats(p.dim)) * sizeof(float);
+  const bool fast = use_fast_rows(x, y, p);
+  // The fast kernel takes two rows per block up to d = 8192 (at most 64 KB of
+  // shared memory): twice the loads in flight per thread, which a memory-bound
+  // kernel needs to approach the copy bandwidth.
+  const int rpb = fast && p.dim <= 8192 && rows > 1 ? 2 : 1;
+  const size_t smem = static_cast<size_t>(hadamard_smem_floats(rpb * p.dim)) * sizeof(float);
   HALO_CHECK(smem <= static_cast<size_t>(max_smem_per_block()), "hadamard_rows: d = ", p.dim,
              " needs ", smem, " bytes of shared memory per block, more than this GPU offers");
   const int threads = std::clamp((p.dim / 16 + 31) / 32 * 32, 64, 512);
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(rows, 0x7fffffff));
-  const bool fast = use_fast_rows(x, y, p);
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>((rows + rpb - 1) / rpb, 0x7fffffff));
   auto kernel = fast ? rows_fast_kernel<TI, TO> : rows_kernel<TI, TO>;
   if (smem > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
   kernel<<<grid, threads, smem, current_stream()>>>(static_cast<const TI*>(x.data()),
-                                                   static_cast<TO*>(y.data()), rows, p, transpose);
+                                                   static_cast<TO*>(y.data()), rows, p, transpose, rpb);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -155,6 +168,48 @@ __global__ void cols_kmix_kernel(const TI* x, TO* y, int64_t cols, HadamardDevic
   extern __shared__ float4 smem_cols[];
   hadamard_detail::cols_kmix_block<TI, TO>(x, y, cols, p, transpose, reinterpret_cast<float*>(smem_cols),
                                            blockIdx.y, blockIdx.x);
+}
+
+// out[c][r] = in[r][c] for in [R, C] (row stride ldi) and out [C, R] (row
+// stride ldo), by 64 x 64 tiles through shared memory (exact: values only move).
+// 256 threads: lane = column in the tile (two halves of 32), warp = row slice;
+// both global sides are 32 consecutive elements per warp instruction and the
+// padded tile makes the column reads conflict-free.
+template <class T>
+__global__ void __launch_bounds__(256) transpose_kernel(const T* in, T* out, int64_t R, int64_t C, int64_t ldi,
+                                                        int64_t ldo) {
+  using IO = hadamard_detail::ElementIO<T>;
+  __shared__ float tile[64][65];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * 64, c0 = static_cast<int64_t>(blockIdx.x) * 64;
+  for (int i = ty; i < 64; i += 8) {
+    const int64_t r = r0 + i;
+    if (r >= R) break;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t c = c0 + tx + 32 * e;
+      if (c < C) tile[i][tx + 32 * e] = IO::load(in + r * ldi + c);
+    }
+  }
+  __syncthreads();
+  for (int i = ty; i < 64; i += 8) {
+    const int64_t c = c0 + i;
+    if (c >= C) break;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t r = r0 + tx + 32 * e;
+      if (r < R) IO::store(out + c * ldo + r, tile[tx + 32 * e][i]);
+    }
+  }
+}
+
+template <class T>
+void launch_transpose(const void* in, void* out, int64_t R, int64_t C, int64_t ldi, int64_t ldo) {
+  const int64_t gy = (R + 63) / 64, gx = (C + 63) / 64;
+  HALO_CHECK(gy <= 65535, "hadamard_cols: ", R, " rows are too many for the transpose grid");
+  transpose_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), 256, 0, current_stream()>>>(
+      static_cast<const T*>(in), static_cast<T*>(out), R, C, ldi, ldo);
+  CUDA_CHECK_LAUNCH();
 }
 
 // One pass of the column rotation from `in` (type TI) to `out` (type TO).
@@ -184,9 +239,35 @@ void launch_col_pass(const ColPass& pass, const void* in, void* out, int64_t col
   CUDA_CHECK_LAUNCH();
 }
 
+// Column c of y is the row rotation of column c of x: transpose a chunk of
+// columns into a [chunk, d] buffer, rotate its rows with the row kernel,
+// transpose back. Three memory-bound kernels at nearly copy speed each; the
+// chunk bounds the temporary memory (<= 16M elements per buffer).
+template <class TI, class TO>
+void run_cols_by_transpose(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool transpose) {
+  const int64_t d = p.dim, cols = x.numel() / d;
+  const int64_t want = std::max<int64_t>(64, (int64_t{16} << 20) / d / 64 * 64);
+  const int64_t chunk = std::min(cols, want);
+  const DType ti = x.dtype(), to = y.dtype();
+  Tensor xt = Tensor::empty({chunk, d}, ti, Device::cuda);
+  Tensor yt = ti == to ? xt : Tensor::empty({chunk, d}, to, Device::cuda);  // rows: in place when it can
+  for (int64_t c0 = 0; c0 < cols; c0 += chunk) {
+    const int64_t cc = std::min(chunk, cols - c0);
+    Tensor xs = xt.rows(0, cc), ys = yt.rows(0, cc);
+    launch_transpose<TI>(x.data_as<TI>() + c0, xs.data(), d, cc, cols, d);
+    launch_rows<TI, TO>(xs, ys, p, transpose);
+    launch_transpose<TO>(ys.data(), y.data_as<TO>() + c0, cc, d, d, cols);
+  }
+}
+
 template <class TI, class TO>
 void run_cols(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool transpose) {
   const int64_t cols = x.numel() / p.dim;
+  if (static_cast<size_t>(hadamard_smem_floats(p.dim)) * sizeof(float) <= static_cast<size_t>(max_smem_per_block())) {
+    run_cols_by_transpose<TI, TO>(x, y, p, transpose);
+    return;
+  }
+  // d too long for one block's shared memory: passes over global memory.
   std::vector<ColPass> passes;
   const int n = p.log2_pow2;
   const int npass = (n + kColMaxBits - 1) / kColMaxBits;

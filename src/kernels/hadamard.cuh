@@ -159,7 +159,7 @@ __device__ __forceinline__ void wht_pass16_smem(float* x, int d, int stages, flo
 // touch disjoint columns, so `st` may write in place.
 template <int CW, int kMaxItems, class Layout, class Store>
 __device__ __forceinline__ void kmix_generic(const float* x, const HadamardDevicePlan& p, bool transpose,
-                                             const Store& st) {
+                                             const Store& st, int base) {
   const int K = p.k, P = p.pow2, KB = K / 4;
   const int nthreads = blockDim.x;
   const int ncg = P / CW;  // column groups
@@ -183,11 +183,11 @@ __device__ __forceinline__ void kmix_generic(const float* x, const HadamardDevic
         for (int a = 0; a < K; ++a) {
           float z[CW];
           if constexpr (CW == 4) {
-            const float4 t = *reinterpret_cast<const float4*>(x + Layout::at(a * P + c));
+            const float4 t = *reinterpret_cast<const float4*>(x + Layout::at(base + a * P + c));
             z[0] = t.x, z[1] = t.y, z[2] = t.z, z[3] = t.w;
           } else {
 #pragma unroll
-            for (int e = 0; e < CW; ++e) z[e] = x[Layout::at(a * P + c + e)];
+            for (int e = 0; e < CW; ++e) z[e] = x[Layout::at(base + a * P + c + e)];
           }
           const float4 h = __ldg(reinterpret_cast<const float4*>(mcol + a * K));
 #pragma unroll
@@ -232,14 +232,14 @@ __device__ __forceinline__ void kmix_generic(const float* x, const HadamardDevic
 // are read as float4 (p.conf is N x NP, NP = N rounded up to 4, zero padded),
 // warp-uniform.
 template <int N, class Layout, class Store>
-__device__ __forceinline__ void kmix_paley2(const float* x, const HadamardDevicePlan& p, const Store& st) {
+__device__ __forceinline__ void kmix_paley2(const float* x, const HadamardDevicePlan& p, const Store& st, int base) {
   constexpr int NP = (N + 3) / 4 * 4;
   const int P = p.pow2;
   for (int c = threadIdx.x; c < P; c += blockDim.x) {
     float s[N], t[N];
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      const float z0 = x[Layout::at(2 * j * P + c)], z1 = x[Layout::at((2 * j + 1) * P + c)];
+      const float z0 = x[Layout::at(base + 2 * j * P + c)], z1 = x[Layout::at(base + (2 * j + 1) * P + c)];
       s[j] = z0 + z1;
       t[j] = z0 - z1;
     }
@@ -261,7 +261,7 @@ __device__ __forceinline__ void kmix_paley2(const float* x, const HadamardDevice
       }
       // s_i, t_i again from the row (i is not a compile-time index into s, t);
       // rows 2i and 2i+1 of this column are only overwritten just below.
-      const float z0 = x[Layout::at(2 * i * P + c)], z1 = x[Layout::at((2 * i + 1) * P + c)];
+      const float z0 = x[Layout::at(base + 2 * i * P + c)], z1 = x[Layout::at(base + (2 * i + 1) * P + c)];
       const float si = z0 + z1, ti = z0 - z1;
       st(2 * i * P + c, (ye + si) * p.scale);
       st((2 * i + 1) * P + c, (ti - yo) * p.scale);
@@ -269,20 +269,23 @@ __device__ __forceinline__ void kmix_paley2(const float* x, const HadamardDevice
   }
 }
 
-// The K-mix for any plan with K > 1. kMaxItems: see kmix_generic.
+// The K-mix for any plan with K > 1. kMaxItems: see kmix_generic. The row's
+// element i is read at x[Layout::at(base + i)] (base: the row's place in a
+// buffer of several rows); results go to st(i, v) with the row's own i.
 template <int kMaxItems, class Layout, class Store>
-__device__ __forceinline__ void kmix(const float* x, const HadamardDevicePlan& p, bool transpose, const Store& st) {
+__device__ __forceinline__ void kmix(const float* x, const HadamardDevicePlan& p, bool transpose, const Store& st,
+                                     int base = 0) {
   switch (p.paley_n) {  // H_K symmetric: the transpose flag does not matter
-    case 6: kmix_paley2<6, Layout>(x, p, st); return;
-    case 10: kmix_paley2<10, Layout>(x, p, st); return;
-    case 14: kmix_paley2<14, Layout>(x, p, st); return;
-    case 18: kmix_paley2<18, Layout>(x, p, st); return;
+    case 6: kmix_paley2<6, Layout>(x, p, st, base); return;
+    case 10: kmix_paley2<10, Layout>(x, p, st, base); return;
+    case 14: kmix_paley2<14, Layout>(x, p, st, base); return;
+    case 18: kmix_paley2<18, Layout>(x, p, st, base); return;
     default: break;
   }
   if (p.pow2 % 4 == 0) {
-    kmix_generic<4, kMaxItems, Layout>(x, p, transpose, st);
+    kmix_generic<4, kMaxItems, Layout>(x, p, transpose, st, base);
   } else {
-    kmix_generic<1, kMaxItems, Layout>(x, p, transpose, st);
+    kmix_generic<1, kMaxItems, Layout>(x, p, transpose, st, base);
   }
 }
 
@@ -297,13 +300,18 @@ template <>
 struct ElementIO<float> {
   static __device__ __forceinline__ float load(const float* p) { return *p; }
   static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
-  // 16 contiguous elements, p 16-byte aligned.
-  static __device__ __forceinline__ void load16(const float* p, float (&v)[16]) {
+  // 16 contiguous elements, p 16-byte aligned: loaded as raw registers first
+  // (so that several loads can be in flight), converted afterwards.
+  struct Raw16 {
+    float4 q[4];
+  };
+  static __device__ __forceinline__ void load_raw16(const float* p, Raw16& r) {
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float4 t = reinterpret_cast<const float4*>(p)[q];
-      v[4 * q] = t.x, v[4 * q + 1] = t.y, v[4 * q + 2] = t.z, v[4 * q + 3] = t.w;
-    }
+    for (int q = 0; q < 4; ++q) r.q[q] = reinterpret_cast<const float4*>(p)[q];
+  }
+  static __device__ __forceinline__ void unpack16(const Raw16& r, float (&v)[16]) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) v[4 * q] = r.q[q].x, v[4 * q + 1] = r.q[q].y, v[4 * q + 2] = r.q[q].z, v[4 * q + 3] = r.q[q].w;
   }
   static __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
 };
@@ -316,48 +324,67 @@ struct GlobalStore {
   __device__ __forceinline__ void store4(int i, float4 v) const { ElementIO<TO>::store4(y + i, v); }
 };
 
-// The fast row kernel's work on one row (all threads of the block): the row
-// lives in shared memory `s` (hadamard_smem_floats(d) floats) as f32 in the
-// swizzled layout, so no access has bank conflicts.
+// The fast row kernel's work on `nrows` consecutive rows (all threads of the
+// block): the rows live in shared memory `s` (hadamard_smem_floats(nrows * d)
+// floats) as f32 in the swizzled layout, as one array of nrows * d elements,
+// so no access has bank conflicts.
 //   pass A: bits 0..3 of the index, 16 contiguous elements per thread, straight
-//           from global memory (16-byte loads) into registers, then to `s`;
-//   passes: the remaining bits of 2^n in radix-16/32 passes over `s`; the last
-//           one (K = 1) writes the scaled result straight to global memory;
-//   K-mix:  (K > 1) from `s` straight to global memory.
+//           from global memory (16-byte loads, NG groups' loads in flight per
+//           thread) into registers, then to `s`;
+//   passes: the remaining bits of 2^n in radix-16/32 passes over `s` (the
+//           segments of 2^n never straddle two rows); the last one (K = 1)
+//           writes the scaled result straight to global memory;
+//   K-mix:  (K > 1) row by row, from `s` straight to global memory.
 // Preconditions: 16 <= 2^n (32 when K = 1), d % 16 == 0, xr and yr 16-byte
-// aligned. yr may alias xr: the whole row is read before any of it is written.
-// Ends with a barrier (s may be reused).
-template <class TI, class TO>
-__device__ __forceinline__ void rotate_row_fast(const TI* xr, TO* yr, float* s, const HadamardDevicePlan& p,
-                                                bool transpose) {
+// aligned. yr may alias xr: all rows are read before any is written. Ends
+// with a barrier (s may be reused).
+template <class TI, class TO, int NG = (sizeof(TI) == 2 ? 2 : 1)>
+__device__ __forceinline__ void rotate_rows_fast(const TI* xr, TO* yr, float* s, const HadamardDevicePlan& p,
+                                                 bool transpose, int nrows) {
   using L = SwizzledLayout;
-  const int d = p.dim, n = p.log2_pow2;
+  using IO = ElementIO<TI>;
+  const int d = p.dim, n = p.log2_pow2, total = nrows * d;
   const int rem = n - 4, npass = (rem + 4) / 5;  // bits after pass A, passes of <= 5 bits
   const SmemStore<L> sst{s};
   const GlobalStore<TO> gst{yr};
-  for (int g = threadIdx.x; g < (d >> 4); g += blockDim.x) {
-    float v[16];
-    ElementIO<TI>::load16(xr + 16 * g, v);
-    wht_regs<16>(v, 4);
+  const int groups = total >> 4, T = blockDim.x;
+  // NG groups per thread and trip: their loads are all issued before any is
+  // used (64 bytes in flight per thread for bf16 and f32 alike).
+  for (int g0 = threadIdx.x; g0 < groups; g0 += NG * T) {
+    typename IO::Raw16 raw[NG];
 #pragma unroll
-    for (int q = 0; q < 4; ++q)
-      *reinterpret_cast<float4*>(s + L::at(16 * g + 4 * q)) =
-          make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+    for (int k = 0; k < NG; ++k) {  // a clamped (valid) address beyond the end: no
+      const int g = g0 + k * T;     // conditional load, which spilled to local memory
+      IO::load_raw16(xr + 16 * (g < groups ? g : groups - 1), raw[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < NG; ++k) {
+      const int g = g0 + k * T;
+      if (g < groups) {
+        float v[16];
+        IO::unpack16(raw[k], v);
+        wht_regs<16>(v, 4);
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          *reinterpret_cast<float4*>(s + L::at(16 * g + 4 * q)) =
+              make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+      }
+    }
   }
   __syncthreads();
   int b0 = 4;
   for (int ip = 0; ip < npass; ++ip) {
     const int nb = rem / npass + (ip < rem % npass ? 1 : 0);
     if (ip == npass - 1 && p.k == 1) {
-      wht_pass_n<L>(nb, s, d, b0, p.scale, gst);
+      wht_pass_n<L>(nb, s, total, b0, p.scale, gst);
     } else {
-      wht_pass_n<L>(nb, s, d, b0, 1.0f, sst);
+      wht_pass_n<L>(nb, s, total, b0, 1.0f, sst);
     }
     __syncthreads();
     b0 += nb;
   }
   if (p.k > 1) {
-    kmix<1, L>(s, p, transpose, gst);
+    for (int r = 0; r < nrows; ++r) kmix<1, L>(s, p, transpose, GlobalStore<TO>{yr + r * d}, r * d);
     __syncthreads();
   }
 }

@@ -9,7 +9,8 @@
 // Williamson / doubled orders (the dense K-mix and the Paley II fast mix),
 // the block-diagonal fallback, tiny and odd sizes, bf16 / f32 / mixed I/O,
 // forward and transpose, in place, misaligned views (the general row kernel),
-// rows and columns. With `full`: Llama sizes, 8192 rows of d in
+// rows and columns (by transposes around the row kernel, and the multi-pass
+// column kernels for very long d). With `full`: Llama sizes, 8192 rows of d in
 // {4096, 14336, 11008, 2048}, and the token-dim rotation of [8192, d] and
 // [12288, 4096], with timings in `detail` (GB/s counting bytes read + written,
 // and the percentage of a device-to-device copy of the same bytes).
@@ -191,6 +192,9 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
   cases.push_back({true, 4096, 40, f32, bf16, true, false, false, false});
   cases.push_back({true, 1536, 100, bf16, bf16, false, true, false, false});
   cases.push_back({true, 96, 5, f32, f32, true, true, false, false});
+  // Rotated lengths beyond one block's shared memory: the multi-pass column kernels.
+  cases.push_back({true, 65536, 3, f32, f32, false, false, false, false});
+  cases.push_back({true, 98304, 2, bf16, bf16, true, false, false, false});  // 12 x 8192
   if (full) {
     for (int64_t d : {4096, 14336, 11008, 2048}) {
       for (DType dt : {bf16, f32}) {
