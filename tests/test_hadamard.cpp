@@ -288,3 +288,18 @@ TEST(HadamardCuda, MatchesCpu) {
 
 }  // namespace
 }  // namespace halo
+
+namespace halo {
+namespace {
+
+TEST(HadamardPlan, FullQueryMatchesThePlans) {
+  for (int64_t d : {1, 2, 12, 96, 100, 4096, 11008, 14336}) {
+    EXPECT_TRUE(hadamard_full(d)) << d;
+    EXPECT_TRUE(hadamard_plan(d).full()) << d;
+  }
+  for (int64_t d : {7, 92, 300}) EXPECT_FALSE(hadamard_full(d)) << d;
+  EXPECT_FALSE(hadamard_full(0));
+}
+
+}  // namespace
+}  // namespace halo

@@ -16,7 +16,7 @@ namespace {
 // rotation: halo2 pads the token dimension with zero rows up to it.
 int64_t padded_token_count(int64_t rows) {
   int64_t r = rows;
-  while (!hadamard_plan(r).full()) ++r;
+  while (!hadamard_full(r)) ++r;
   return r;
 }
 

@@ -23,21 +23,23 @@ int log2_exact(int64_t v) {
   return n;
 }
 
+// The K of a full rotation of length d = K * 2^k (1 for a power of two), or 0.
+int64_t full_order(int64_t d) {
+  if (is_pow2(d)) return 1;
+  for (int64_t k : hadamard_orders())  // ascending: the smallest K is the cheapest mix
+    if (!is_pow2(k) && d % k == 0 && is_pow2(d / k)) return k;
+  return 0;
+}
+
 HadamardPlan make_plan(int64_t d) {
   HadamardPlan p;
   p.dim = d;
   const int64_t low = d & -d;  // largest power of two dividing d
-  if (low == d) {
-    p.block = d;
-    p.pow2 = d;
-    return p;
-  }
-  for (int64_t k : hadamard_orders()) {  // ascending: the smallest K is the cheapest mix
-    if (is_pow2(k) || d % k != 0 || !is_pow2(d / k)) continue;
+  if (const int64_t k = full_order(d)) {
     p.block = d;
     p.k = k;
     p.pow2 = d / k;
-    p.h_k = hadamard_matrix(k);
+    if (k > 1) p.h_k = hadamard_matrix(k);
     return p;
   }
   p.block = low;
@@ -202,6 +204,8 @@ std::string HadamardPlan::describe() const {
   }
   return os.str();
 }
+
+bool hadamard_full(int64_t d) { return d >= 1 && full_order(d) != 0; }
 
 const HadamardPlan& hadamard_plan(int64_t d) {
   HALO_CHECK(d >= 1, "hadamard_plan: dimension must be >= 1, got ", d);

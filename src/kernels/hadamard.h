@@ -39,6 +39,8 @@ struct HadamardPlan {
 
 // The plan for length d (cached; thread-safe). Never fails for d >= 1.
 const HadamardPlan& hadamard_plan(int64_t d);
+// Whether length d has a full (not block-diagonal) rotation; builds nothing.
+bool hadamard_full(int64_t d);
 
 // y = x R (transpose = false) or y = x R^T along the last dim of x ([..., d]).
 // x and y are f32 or bf16 (may differ), same shape and device; y may alias x
