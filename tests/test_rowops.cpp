@@ -15,9 +15,6 @@
 #include "testing.h"
 
 namespace halo {
-}
-
-namespace halo {
 namespace {
 
 using testing::random_normal;
