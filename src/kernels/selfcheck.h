@@ -19,6 +19,8 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full);
 std::vector<CheckResult> quantize_cuda_checks(bool full);
 std::vector<CheckResult> gemm_cuda_checks(bool full);
 std::vector<CheckResult> linear_cuda_checks(bool full);
+std::vector<CheckResult> rowops_cuda_checks(bool full);  // RMSNorm, SwiGLU, embedding, RoPE
+std::vector<CheckResult> attention_cuda_checks(bool full);
 
 std::vector<CheckResult> all_cuda_checks(bool full);
 
