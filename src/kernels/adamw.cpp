@@ -1,0 +1,181 @@
+#include "kernels/adamw.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+
+namespace halo {
+
+#ifdef HALO_HAS_CUDA
+void adamw_step_cuda(const AdamWParam& t, const detail::AdamWScalars& k, const Tensor& grad_scale, bool sr,
+                     uint64_t seed, uint64_t stream);
+void global_norm_squared_cuda(const std::vector<Tensor>& grads, Tensor& out);
+void clip_coefficient_cuda(const Tensor& norm_sq, float max_norm, Tensor& out);
+#endif
+
+namespace detail {
+
+AdamWScalars adamw_scalars(const AdamWConfig& cfg, bool decay) {
+  const double t = static_cast<double>(cfg.step);
+  const double bc1 = 1.0 - std::pow(static_cast<double>(cfg.beta1), t);
+  const double bc2 = 1.0 - std::pow(static_cast<double>(cfg.beta2), t);
+  AdamWScalars k;
+  k.beta1 = cfg.beta1;
+  k.one_minus_beta1 = static_cast<float>(1.0 - cfg.beta1);
+  k.beta2 = cfg.beta2;
+  k.one_minus_beta2 = static_cast<float>(1.0 - cfg.beta2);
+  k.step_size = static_cast<float>(cfg.lr / bc1);
+  k.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+  k.eps = cfg.eps;
+  k.decay = decay ? static_cast<float>(static_cast<double>(cfg.lr) * cfg.weight_decay) : 0.0f;
+  return k;
+}
+
+}  // namespace detail
+
+namespace {
+
+void check_adamw(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad_scale) {
+  const char* op = "adamw_step";
+  HALO_CHECK(cfg.step >= 1, op, ": step must be >= 1, got ", cfg.step);
+  HALO_CHECK(cfg.beta1 >= 0.0f && cfg.beta1 < 1.0f && cfg.beta2 >= 0.0f && cfg.beta2 < 1.0f, op,
+             ": betas must lie in [0, 1), got ", cfg.beta1, " and ", cfg.beta2);
+  HALO_CHECK(std::isfinite(cfg.lr) && cfg.eps >= 0.0f && cfg.weight_decay >= 0.0f, op, ": bad lr ", cfg.lr,
+             ", eps ", cfg.eps, " or weight_decay ", cfg.weight_decay);
+  HALO_CHECK(t.param.defined() && t.grad.defined() && t.m.defined() && t.v.defined(), op,
+             ": param, grad, m and v must all be given");
+  const DType dt = t.param.dtype();
+  HALO_CHECK(dt == DType::f32 || dt == DType::bf16, op, ": param must be f32 (master) or bf16, got ",
+             t.param.describe());
+  check_dtype(t.grad, DType::f32, "adamw_step grad");
+  check_dtype(t.m, dt, "adamw_step m (the param's dtype)");
+  check_dtype(t.v, dt, "adamw_step v (the param's dtype)");
+  const int64_t n = t.param.numel();
+  for (const Tensor* x : {&t.grad, &t.m, &t.v}) {
+    HALO_CHECK(x->numel() == n, op, ": ", x->describe(), " does not match param ", t.param.describe());
+    check_same_device(t.param, *x, op);
+  }
+  if (t.param_bf16.defined()) {
+    HALO_CHECK(dt == DType::f32, op, ": param_bf16 is for f32 master weights, param is ", t.param.describe());
+    check_dtype(t.param_bf16, DType::bf16, "adamw_step param_bf16");
+    HALO_CHECK(t.param_bf16.numel() == n, op, ": param_bf16 ", t.param_bf16.describe(), " does not match param ",
+               t.param.describe());
+    check_same_device(t.param, t.param_bf16, op);
+  }
+  if (grad_scale.defined()) {
+    check_shape(grad_scale, {1}, "adamw_step grad_scale");
+    check_dtype(grad_scale, DType::f32, "adamw_step grad_scale");
+    check_same_device(t.param, grad_scale, op);
+  }
+}
+
+void adamw_cpu(const AdamWParam& t, const detail::AdamWScalars& k, float gs, bool sr, uint64_t seed,
+               uint64_t stream) {
+  const int64_t n = t.param.numel();
+  const float* g = t.grad.data_as<float>();
+  if (t.param.dtype() == DType::f32) {
+    float* p = t.param.data_as<float>();
+    float* m = t.m.data_as<float>();
+    float* v = t.v.data_as<float>();
+    uint16_t* pb = t.param_bf16.defined() ? t.param_bf16.data_as<uint16_t>() : nullptr;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      float pi = p[i], mi = m[i], vi = v[i];
+      detail::adamw_update(pi, mi, vi, detail::mul_rn(g[i], gs), k);
+      p[i] = pi;
+      m[i] = mi;
+      v[i] = vi;
+      if (pb) pb[i] = float_to_bf16_bits(pi);
+    }
+    return;
+  }
+  uint16_t* p = t.param.data_as<uint16_t>();
+  uint16_t* m = t.m.data_as<uint16_t>();
+  uint16_t* v = t.v.data_as<uint16_t>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    float pi = bf16_bits_to_float(p[i]), mi = bf16_bits_to_float(m[i]), vi = bf16_bits_to_float(v[i]);
+    detail::adamw_update(pi, mi, vi, detail::mul_rn(g[i], gs), k);
+    if (sr) {
+      float up, um, uv;
+      detail::adamw_uniforms(seed, stream, static_cast<uint64_t>(i), up, um, uv);
+      p[i] = detail::float_to_bf16_stochastic(pi, up);
+      m[i] = detail::float_to_bf16_stochastic(mi, um);
+      v[i] = detail::float_to_bf16_stochastic(vi, uv);
+    } else {
+      p[i] = float_to_bf16_bits(pi);
+      m[i] = float_to_bf16_bits(mi);
+      v[i] = float_to_bf16_bits(vi);
+    }
+  }
+}
+
+}  // namespace
+
+void adamw_step(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad_scale) {
+  check_adamw(t, cfg, grad_scale);
+  const detail::AdamWScalars k = detail::adamw_scalars(cfg, t.decay);
+  const bool sr = cfg.stochastic_rounding && t.param.dtype() == DType::bf16;
+  const uint64_t stream = detail::adamw_stream(cfg.step, t.id);
+  if (t.param.numel() == 0) return;
+  if (t.param.is_cuda()) {
+#ifdef HALO_HAS_CUDA
+    adamw_step_cuda(t, k, grad_scale, sr, cfg.seed, stream);
+    return;
+#endif
+  }
+  const float gs = grad_scale.defined() ? grad_scale.data_as<float>()[0] : 1.0f;
+  if (!detail::finite_f32(gs)) return;  // skipped step: nothing is written
+  adamw_cpu(t, k, gs, sr, cfg.seed, stream);
+}
+
+Tensor global_norm_squared(const std::vector<Tensor>& grads) {
+  HALO_CHECK(!grads.empty(), "global_norm_squared: no tensors");
+  for (const Tensor& g : grads) {
+    check_dtype(g, DType::f32, "global_norm_squared gradient");
+    check_same_device(grads[0], g, "global_norm_squared");
+  }
+  if (grads[0].is_cuda()) {
+#ifdef HALO_HAS_CUDA
+    Tensor out;
+    global_norm_squared_cuda(grads, out);
+    return out;
+#endif
+  }
+  // Fixed chunks summed in parallel, then in order: the same sum for any thread count.
+  constexpr int64_t kChunk = 1 << 16;
+  double total = 0.0;
+  for (const Tensor& g : grads) {
+    const float* x = g.data_as<float>();
+    const int64_t n = g.numel(), chunks = (n + kChunk - 1) / kChunk;
+    std::vector<double> part(static_cast<size_t>(chunks));
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      double s = 0.0;
+      for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) s += static_cast<double>(x[i]) * x[i];
+      part[static_cast<size_t>(c)] = s;
+    }
+    for (double s : part) total += s;
+  }
+  Tensor out = Tensor::empty({1}, DType::f32);
+  out.data_as<float>()[0] = static_cast<float>(total);
+  return out;
+}
+
+Tensor clip_coefficient(const Tensor& norm_sq, float max_norm) {
+  check_shape(norm_sq, {1}, "clip_coefficient norm_sq");
+  check_dtype(norm_sq, DType::f32, "clip_coefficient norm_sq");
+  Tensor out = Tensor::empty({1}, DType::f32, norm_sq.device());
+  if (out.is_cuda()) {
+#ifdef HALO_HAS_CUDA
+    clip_coefficient_cuda(norm_sq, max_norm, out);
+    return out;
+#endif
+  }
+  out.data_as<float>()[0] = detail::clip_coefficient_of(norm_sq.data_as<float>()[0], max_norm);
+  return out;
+}
+
+}  // namespace halo

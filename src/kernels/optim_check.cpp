@@ -1,0 +1,289 @@
+// The CUDA cross-entropy and AdamW against their CPU twins on the same inputs.
+//
+// Cross-entropy: the GPU takes the logits as bf16 (or f32), the CPU the same
+// values as f32 (f64 sums). Losses agree within 2e-5 relative (f32 sums and the
+// ex2 unit's few-ulp exponentials against f64); the f32 gradient likewise; the
+// bf16 gradient is rounded to bf16 on the GPU only, hence 4e-3 (relative
+// rounding of bf16 is at most 2^-9 per element).
+// AdamW: the same IEEE f32 operations on both sides (adamw.h), stochastic
+// rounding included, so p, m, v and the bf16 copy must be bitwise equal (error:
+// the largest distance in units in the last place of the stored format).
+// Gradient norm: f64 partial sums in different orders, 1e-6 relative.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "kernels/adamw.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/selfcheck.h"
+
+namespace halo {
+
+#ifdef HALO_HAS_CUDA
+namespace {
+
+// n host values of `scale` * normal (never exactly zero), plus `offset`, stored as dtype.
+Tensor host_normal(const Shape& shape, DType dtype, uint64_t seed, float scale, float offset = 0.0f) {
+  Tensor t = Tensor::empty(shape, dtype);
+  const int64_t n = t.numel();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    float x = normal01(seed, 0, static_cast<uint64_t>(i));
+    if (x == 0.0f) x = 1.0f;
+    store_float(t.data(), dtype, i, scale * x + offset);
+  }
+  return t;
+}
+
+// Largest distance in ulps of `dtype` between two tensors of equal size (0 if bitwise equal).
+double max_ulps(const Tensor& a, const Tensor& b, DType dtype) {
+  const std::vector<float> x = a.to_floats(), y = b.to_floats();
+  if (x.size() != y.size()) return 1e30;
+  const int shift = dtype == DType::bf16 ? 16 : 0;
+  double worst = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint32_t bx = float_bits(x[i]), by = float_bits(y[i]);
+    if (bx == by) continue;
+    if ((bx ^ by) >> 31) {
+      worst = std::max(worst, 1e30);  // different signs
+      continue;
+    }
+    const int64_t d = static_cast<int64_t>(bx >> shift) - static_cast<int64_t>(by >> shift);
+    worst = std::max(worst, static_cast<double>(d < 0 ? -d : d));
+  }
+  return worst;
+}
+
+// A copy of x on `device` (always a new buffer, even on the same device).
+Tensor copy_to(const Tensor& x, Device device) {
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), device);
+  y.copy_from(x);
+  return y;
+}
+
+std::string size_name(int64_t n, int64_t V) { return std::to_string(n) + "x" + std::to_string(V); }
+
+// Targets uniform over the vocabulary, every 7th token ignored (-100).
+Tensor make_targets(int64_t n, int64_t V, uint64_t seed) {
+  Tensor t = Tensor::empty({n}, DType::i32);
+  for (int64_t i = 0; i < n; ++i)
+    t.data_as<int32_t>()[i] =
+        i % 7 == 3 ? -100 : static_cast<int32_t>(std::min<int64_t>(V - 1, uniform01(seed, 9, i) * V));
+  return t;
+}
+
+void cross_entropy_checks(int64_t n, int64_t V, DType dtype, std::vector<CheckResult>& out) {
+  const std::string tag = std::string(dtype_name(dtype)) + " " + size_name(n, V);
+  const Tensor logits = host_normal({n, V}, dtype, 11 + V, 3.0f);  // values as the GPU sees them
+  const Tensor targets = make_targets(n, V, 5);
+  const float scale = 1.0f / static_cast<float>(n);
+
+  CheckResult loss_res, grad_res, eval_res, sum_res;
+  loss_res.name = "cross_entropy loss " + tag;
+  grad_res.name = "cross_entropy gradient " + tag;
+  eval_res.name = "cross_entropy_loss (eval) " + tag;
+  sum_res.name = "sum_losses " + tag;
+  loss_res.tolerance = eval_res.tolerance = 2e-5;
+  grad_res.tolerance = dtype == DType::bf16 ? 4e-3 : 2e-5;
+  sum_res.tolerance = 1e-6;
+  try {
+    // CPU reference on the same values in f32.
+    Tensor cpu_x = copy_to(logits, Device::cpu).to(DType::f32);
+    Tensor cpu_loss = Tensor::empty({n}, DType::f32);
+    cross_entropy_forward_backward(cpu_x, targets, cpu_loss, scale);
+    const std::vector<float> ref_loss = cpu_loss.to_floats(), ref_grad = cpu_x.to_floats();
+
+    const Tensor gpu_targets = copy_to(targets, Device::cuda);
+    Tensor gpu_x = copy_to(logits, Device::cuda);
+    Tensor gpu_loss = Tensor::empty({n}, DType::f32, Device::cuda);
+    cross_entropy_forward_backward(gpu_x, gpu_targets, gpu_loss, scale);
+    loss_res.error = relative_error(gpu_loss.to_floats(), ref_loss);
+    grad_res.error = relative_error(gpu_x.to_floats(), ref_grad);
+
+    // Evaluation: the same losses, and the logits stay as they were.
+    Tensor gpu_x2 = copy_to(logits, Device::cuda);
+    Tensor gpu_loss2 = Tensor::empty({n}, DType::f32, Device::cuda);
+    cross_entropy_loss(gpu_x2, gpu_targets, gpu_loss2);
+    eval_res.error = relative_error(gpu_loss2.to_floats(), ref_loss);
+    const double changed = max_ulps(gpu_x2, logits, dtype);
+    if (changed != 0.0) {
+      eval_res.error = 1e30;
+      eval_res.detail = "the logits were modified";
+    }
+
+    // Sum on the device (twice, the second accumulating) against f64 on the host.
+    Tensor total = Tensor::empty({1}, DType::f32, Device::cuda);
+    sum_losses(gpu_loss, total, false);
+    sum_losses(gpu_loss, total, true);
+    double ref_sum = 0.0;
+    for (float l : gpu_loss.to_floats()) ref_sum += l;
+    sum_res.error = relative_error(total.to_floats(), {static_cast<float>(2.0 * ref_sum)});
+  } catch (const std::exception& e) {
+    loss_res.error = grad_res.error = eval_res.error = sum_res.error = NAN;
+    loss_res.detail = grad_res.detail = eval_res.detail = sum_res.detail = e.what();
+  }
+  for (CheckResult* r : {&loss_res, &grad_res, &eval_res, &sum_res}) {
+    r->ok = r->error <= r->tolerance;
+    out.push_back(*r);
+  }
+}
+
+// Parameters and state of `n` elements in the given storage, on the host; `offset`
+// elements are skipped at the start of every buffer (an unaligned view).
+AdamWParam make_param(int64_t n, DType dtype, bool bf16_copy, int64_t offset, uint64_t seed) {
+  auto view = [&](const Tensor& full) { return full.rows(offset, n); };
+  AdamWParam t;
+  t.param = view(host_normal({n + offset}, dtype, seed, 0.02f));
+  const Tensor m = host_normal({n + offset}, dtype, seed + 1, 1e-3f);
+  t.m = view(m);
+  Tensor v = host_normal({n + offset}, DType::f32, seed + 2, 1e-3f);
+  for (int64_t i = 0; i < v.numel(); ++i) {
+    const float x = v.data_as<float>()[i];
+    v.data_as<float>()[i] = x * x + 1e-12f;
+  }
+  t.v = view(v.to(dtype));
+  t.grad = view(Tensor::zeros({n + offset}, DType::f32));
+  if (bf16_copy) t.param_bf16 = view(Tensor::zeros({n + offset}, DType::bf16));
+  return t;
+}
+
+// The same buffers (same offset) on `device`.
+AdamWParam copy_param(const AdamWParam& h, Device device, int64_t offset) {
+  auto move = [&](const Tensor& x) {
+    if (!x.defined()) return Tensor();
+    Tensor full = Tensor::empty({x.numel() + offset}, x.dtype(), device);
+    full.fill_zero();
+    Tensor v = full.rows(offset, x.numel());
+    v.copy_from(x);
+    return v;
+  };
+  AdamWParam d = h;
+  d.param = move(h.param);
+  d.grad = move(h.grad);
+  d.m = move(h.m);
+  d.v = move(h.v);
+  d.param_bf16 = move(h.param_bf16);
+  return d;
+}
+
+// Three steps of AdamW (gradients clipped through the device norm) on the GPU and the CPU.
+void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, std::vector<CheckResult>& out) {
+  const char* mode = dtype == DType::f32 ? "fp32-master" : (sr ? "bf16+sr" : "bf16");
+  const std::string tag = std::string(mode) + " " + std::to_string(n) + (offset ? " unaligned" : "");
+  CheckResult res, norm_res;
+  res.name = "adamw " + tag;
+  res.tolerance = 0.0;
+  res.detail = "max ulps of p, m, v, bf16 copy over 3 steps";
+  norm_res.name = "global_norm_squared " + tag;
+  norm_res.tolerance = 1e-6;
+  try {
+    AdamWParam cpu = make_param(n, dtype, dtype == DType::f32, offset, 100 + n);
+    cpu.decay = !(dtype == DType::bf16 && !sr);  // one mode without weight decay
+    cpu.id = 7;
+    AdamWParam gpu = copy_param(cpu, Device::cuda, offset);
+    const Tensor extra = host_normal({1001}, DType::f32, 3, 1e-2f);  // a second tensor in the norm
+    const Tensor extra_gpu = copy_to(extra, Device::cuda);
+    AdamWConfig cfg;
+    cfg.lr = 1e-3f;
+    cfg.weight_decay = 0.1f;
+    cfg.stochastic_rounding = sr;
+    cfg.seed = 1234;
+    for (int64_t step = 1; step <= 3; ++step) {
+      cfg.step = step;
+      const Tensor g = host_normal({n}, DType::f32, 200 + step, 1e-3f);
+      cpu.grad.copy_from(g);
+      gpu.grad.copy_from(g);
+      // Norm about sqrt(n) * 1e-3: clipping to half of it is active.
+      const float max_norm = 0.5f * 1e-3f * std::sqrt(static_cast<float>(n));
+      const Tensor gpu_norm = global_norm_squared({gpu.grad, extra_gpu});
+      const Tensor cpu_norm = global_norm_squared({cpu.grad, extra});
+      norm_res.error = std::max(norm_res.error, relative_error(gpu_norm.to_floats(), cpu_norm.to_floats()));
+      const Tensor gpu_scale = clip_coefficient(gpu_norm, max_norm);
+      // The CPU takes the GPU's scale (the norms differ in the last bits).
+      const Tensor cpu_scale = copy_to(gpu_scale, Device::cpu);
+      const float ref_scale = detail::clip_coefficient_of(cpu_norm.to_floats()[0], max_norm);
+      if (!(std::fabs(cpu_scale.to_floats()[0] - ref_scale) <= 1e-6 * ref_scale))
+        norm_res.error = std::max(norm_res.error, 1e30);
+      adamw_step(gpu, cfg, gpu_scale);
+      adamw_step(cpu, cfg, cpu_scale);
+    }
+    const double e = std::max({max_ulps(gpu.param, cpu.param, dtype), max_ulps(gpu.m, cpu.m, dtype),
+                               max_ulps(gpu.v, cpu.v, dtype)});
+    res.error = e;
+    if (dtype == DType::f32) res.error = std::max(e, max_ulps(gpu.param_bf16, cpu.param_bf16, DType::bf16));
+  } catch (const std::exception& ex) {
+    res.error = norm_res.error = NAN;
+    res.detail = norm_res.detail = ex.what();
+  }
+  for (CheckResult* r : {&res, &norm_res}) {
+    r->ok = r->error <= r->tolerance;
+    out.push_back(*r);
+  }
+}
+
+// A NaN in the gradient: the norm and the clip coefficient are NaN and the step
+// writes nothing.
+void adamw_nan_check(DType dtype, std::vector<CheckResult>& out) {
+  CheckResult res;
+  res.name = std::string("adamw skips a non-finite gradient ") + (dtype == DType::f32 ? "fp32-master" : "bf16");
+  res.tolerance = 0.0;
+  try {
+    const int64_t n = 4099;
+    AdamWParam host = make_param(n, dtype, dtype == DType::f32, 0, 77);
+    Tensor g = host_normal({n}, DType::f32, 78, 1e-3f);
+    g.data_as<float>()[1234] = NAN;
+    host.grad.copy_from(g);
+    AdamWParam gpu = copy_param(host, Device::cuda, 0);
+    const Tensor norm = global_norm_squared({gpu.grad});
+    const Tensor scale = clip_coefficient(norm, 1.0f);
+    AdamWConfig cfg;
+    cfg.lr = 1e-3f;
+    cfg.weight_decay = 0.1f;
+    cfg.stochastic_rounding = true;
+    adamw_step(gpu, cfg, scale);
+    res.error = std::max({max_ulps(gpu.param, host.param, dtype), max_ulps(gpu.m, host.m, dtype),
+                          max_ulps(gpu.v, host.v, dtype)});
+    if (dtype == DType::f32) res.error = std::max(res.error, max_ulps(gpu.param_bf16, host.param_bf16, DType::bf16));
+    if (!std::isnan(norm.to_floats()[0]) || !std::isnan(scale.to_floats()[0])) {
+      res.error = 1e30;
+      res.detail = "norm or clip coefficient not NaN";
+    }
+  } catch (const std::exception& ex) {
+    res.error = NAN;
+    res.detail = ex.what();
+  }
+  res.ok = res.error <= res.tolerance;
+  out.push_back(res);
+}
+
+}  // namespace
+
+std::vector<CheckResult> loss_optim_cuda_checks(bool full) {
+  std::vector<CheckResult> out;
+  cross_entropy_checks(37, 1000, DType::bf16, out);  // vector path
+  cross_entropy_checks(37, 1001, DType::bf16, out);  // scalar path (V % 8 != 0)
+  cross_entropy_checks(300, 4096, DType::f32, out);  // more rows than SMs
+  if (full) {
+    cross_entropy_checks(1024, 128256, DType::bf16, out);
+    cross_entropy_checks(4096, 128256, DType::bf16, out);
+    cross_entropy_checks(1024, 128256, DType::f32, out);
+  }
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (bool sr : {false, true}) {
+      if (dtype == DType::f32 && sr) continue;  // stochastic rounding is for bf16 storage
+      adamw_checks(1000003, dtype, sr, 0, out);  // vector path and a tail of 3
+      adamw_checks(4101, dtype, sr, 1, out);     // unaligned: every element one by one
+      if (full) adamw_checks(int64_t{1} << 26, dtype, sr, 0, out);
+    }
+  adamw_nan_check(DType::f32, out);
+  adamw_nan_check(DType::bf16, out);
+  return out;
+}
+#else
+std::vector<CheckResult> loss_optim_cuda_checks(bool) { return {}; }
+#endif
+
+}  // namespace halo
