@@ -1,45 +1,63 @@
 // CUDA quantizers. The semantics are those of quantize.h; the CPU twin in
 // quantize.cpp is the reference (quantize_check.cpp compares the two).
 //
-// Scaled quantization of x [R, C] is a short chain of launches on
-// current_stream(), with no host synchronisation:
-//   memset         zero the absmax accumulators (laid out like the scale tensors)
-//   absmax_kernel  |x| maxima of every scale group, reduced in registers / shared
-//                  memory, then atomicMax on the float bits into the accumulators
-//                  (non-negative floats order like their bits; NaN bits exceed
-//                  those of infinity, so a NaN propagates into the scale)
-//   finalize_kernel  every accumulator -> its scale (written to the QTensor) and
-//                  its multiplier q_max / absmax (kept in a temporary)
-//   quantize_kernel  codes, row-major: for out, and for the transposed copy when
-//                  its groups differ from out's (row and 1x128 scales)
-//   transpose_u8_kernel  the [C, R] copy from a row-major code array, through
-//                  shared memory so that reads and writes are coalesced
-// Where the transposed copy's groups coincide with out's (tensor, 128x128, or
-// unscaled), its codes are out's codes, so out's array is simply transposed.
-// rotate_rows is fused into both passes: each row is staged in shared memory as
-// f32, rotated there by hadamard_rotate_smem (hadamard.cuh), and read back from
-// shared memory; the rotated tensor never goes to global memory (pass 2 rotates
-// again, which is cheaper than storing it). Rows too long for shared memory fall
-// back to hadamard_rows into an f32 temporary. The first rotation of a length d
-// uploads H_K once (hadamard_device_plan: a blocking copy, once per d and process).
+// Launches on current_stream(), no host synchronisation. Per scaling mode:
+//   tensor     pass 1: absmax_s_kernel (d = 4096 rotated) or absmax_tensor_kernel,
+//              persistent grids, rows in ascending order; every block writes the
+//              absmax of what it saw to its own slot (no atomics, no memset, no
+//              finalize launch).
+//              pass 2: quad_quantize_kernel or quantize_kernel; every block reduces
+//              the slots to the multiplier (block 0 writes the scale), then codes
+//              the rows in DEscending order, so that the rows pass 1 read last are
+//              the first ones read again, while still in L2.
+//   row, out only   one pass: per row, absmax then codes from the same registers /
+//              shared memory; the scales are written by the same kernel.
+//   other scaled    memset (absmax accumulators) -> absmax_kernel (atomicMax on the
+//              float bits per group) -> finalize_kernel (scales, multipliers) -> pass 2.
+//   unscaled        finalize_kernel (scales 1) -> pass 2.
+//   out_t      after pass 2, transpose_u8_kernel moves the row-major codes to the
+//              [C, R] copy (out's codes where the transposed copy's groups coincide
+//              with out's: tensor, 128x128, unscaled; else a second row-major code
+//              array made by pass 2 with the column-side multipliers). Writing it
+//              from pass 2 in strips of 32 rows (32-byte column pieces) was measured
+//              2-5x slower than this separate transpose: scattered column pieces
+//              defeat DRAM write locality.
+// Non-negative floats order like their bits and NaN bits exceed those of
+// infinity, so maxima on the bits propagate a NaN into its scale.
 //
-// Launch shapes (256 threads per block everywhere):
-//   absmax_kernel    one block per rows_per_block rows (a power of two <= 32, fewer
-//                    when that leaves under 2 blocks per SM); dynamic shared memory:
-//                    the row (fused rotation), column maxima (transposed row/1x128
-//                    scales), tile maxima (128x128)
-//   quantize_kernel  one block per row; shared memory: the row (fused rotation)
-//   finalize_kernel  one thread per scale entry
-//   transpose        64 x 64 byte tiles (4-byte words; R, C multiples of 4), else
-//                    32 x 32 byte tiles
-// Threads move 8 consecutive elements (16/32-byte loads, 8-byte code stores)
-// when C % 8 == 0 and x is 16-byte aligned, else one.
+// Row kernels:
+//   quad_quantize_kernel  4 rows per block, 64 threads per row. Unrotated rows with
+//              8-vectors (each thread 8 x 16-byte loads in flight), and rows of
+//              d = 4096 rotated by the "S rotation" (d = 64 x 64: two radix-64
+//              register passes with one bank-conflict-free exchange through shared
+//              memory, no per-element index arithmetic; the next 4 bf16 rows are
+//              prefetched with cp.async while the current ones are rotated).
+//   quantize_kernel / absmax_kernel / absmax_tensor_kernel  one row at a time per
+//              block, for the other rotated widths and the scalar fallbacks, with
+//              the rotation fused three ways (RowMode):
+//     fast     d % 16 == 0, 16 <= 2^n, d <= 64 * kThreads, x 16-byte aligned: the
+//              first 4 butterfly stages in registers on the global loads (as
+//              hadamard.cu's row kernel), the rest in shared memory with the pieces
+//              of hadamard.cuh (swizzled layout), the next row's loads issued before
+//              the current row is rotated; K == 1 and 2^n >= 256: the last radix-16
+//              pass stays in registers ("regs").
+//     generic  any other row that fits shared memory: staged as f32 and rotated by
+//              hadamard_rotate_smem.
+//     none     rows too long for shared memory are rotated into an f32 temporary by
+//              hadamard_rows first, then quantized as an unrotated input.
+// The first rotation of a length d uploads H_K once (hadamard_device_plan: a
+// blocking copy, once per d and process).
+//
+// 256 threads per block everywhere; persistent grids sized with the occupancy API.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <climits>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "core/cuda_check.h"
 #include "core/error.h"
@@ -238,38 +256,295 @@ __device__ __forceinline__ void stage_row(const In* xr, float* buf, int64_t C) {
   }
 }
 
+// Writes the V codes of y in format d (a runtime value, uniform across the grid).
+template <int V>
+__device__ __forceinline__ void store_codes_rt(DType d, uint8_t* dst, const float (&y)[V], const float (&u)[V],
+                                               bool stochastic) {
+  switch (d) {
+    case DType::i8: store_codes<DType::i8, V>(dst, y, u, stochastic); break;
+    case DType::e4m3: store_codes<DType::e4m3, V>(dst, y, u, stochastic); break;
+    default: store_codes<DType::e5m2, V>(dst, y, u, stochastic); break;
+  }
+}
+
+// ---- the fast row rotation ---------------------------------------------------------
+using Swz = SwizzledLayout;
+
+// 16 consecutive inputs as raw registers (loaded before they are converted, so
+// that all of a thread's loads are in flight together).
+template <class In>
+struct Raw16 {
+  uint4 q[sizeof(In)];  // bf16: 2 x 16 bytes, f32: 4 x 16 bytes
+};
+
+template <class In>
+__device__ __forceinline__ void load_raw16(const In* p, Raw16<In>& r) {
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(In)); ++i) r.q[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
+}
+
+__device__ __forceinline__ void unpack16(const Raw16<uint16_t>& r, float (&v)[16]) {
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    unpack_bf16x2(r.q[q].x, v[8 * q], v[8 * q + 1]);
+    unpack_bf16x2(r.q[q].y, v[8 * q + 2], v[8 * q + 3]);
+    unpack_bf16x2(r.q[q].z, v[8 * q + 4], v[8 * q + 5]);
+    unpack_bf16x2(r.q[q].w, v[8 * q + 6], v[8 * q + 7]);
+  }
+}
+
+__device__ __forceinline__ void unpack16(const Raw16<float>& r, float (&v)[16]) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    v[4 * q] = __uint_as_float(r.q[q].x), v[4 * q + 1] = __uint_as_float(r.q[q].y);
+    v[4 * q + 2] = __uint_as_float(r.q[q].z), v[4 * q + 3] = __uint_as_float(r.q[q].w);
+  }
+}
+
+// A thread's groups of 16 consecutive elements of a row: g = threadIdx.x + k * kThreads.
+template <class In, int G>
+struct FastRow {
+  Raw16<In> raw[G];
+  // Issues the loads of row xr (d = 16 * groups elements). Threads past the end
+  // load a valid (clamped) address: no conditional loads.
+  __device__ __forceinline__ void load(const In* xr, int groups) {
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      const int g = static_cast<int>(threadIdx.x) + k * kThreads;
+      load_raw16(xr + 16 * (g < groups ? g : groups - 1), raw[k]);
+    }
+  }
+};
+
+// Rotates the row held (as raw loads) in fr, then issues the loads of `next`
+// (if not null) into fr. The caller makes sure that nobody reads s any more
+// (a barrier after its last use of the previous row).
+//   pass A: bits 0..3 of the index in registers, to s (swizzled layout);
+//   passes over s for the next bits, radix <= 32, as hadamard_rows;
+//   kRegs (K == 1, n >= 8): the last 4 bits in registers: v[k][j] is element
+//     base_k + j * 2^(n-4) (see regs_base), already scaled; s may still be read
+//     by other threads on return.
+//   else: the K-mix (K > 1) in place; s holds the rotated row on return (after
+//     a barrier).
+template <class In, int G, bool kRegs>
+__device__ __forceinline__ void fast_rotate(FastRow<In, G>& fr, float* s, const HadamardDevicePlan& p,
+                                            float (&v)[G][16], const In* next) {
+  using namespace hadamard_detail;
+  const int d = p.dim, n = p.log2_pow2, groups = d >> 4;
+  const float scale_a = (n == 4 && p.k == 1) ? p.scale : 1.0f;  // pass A is the whole transform
+#pragma unroll
+  for (int k = 0; k < G; ++k) {
+    const int g = static_cast<int>(threadIdx.x) + k * kThreads;
+    if (g < groups) {
+      float w[16];
+      unpack16(fr.raw[k], w);
+      wht_regs<16>(w, 4);
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        *reinterpret_cast<float4*>(s + Swz::at(16 * g + 4 * q)) =
+            make_float4(w[4 * q] * scale_a, w[4 * q + 1] * scale_a, w[4 * q + 2] * scale_a, w[4 * q + 3] * scale_a);
+    }
+  }
+  if (next) fr.load(next, groups);
+  __syncthreads();
+  const int rem = (kRegs ? n - 4 : n) - 4, npass = (rem + 4) / 5;
+  int b0 = 4;
+  for (int ip = 0; ip < npass; ++ip) {
+    const int nb = rem / npass + (ip < rem % npass ? 1 : 0);
+    const bool last = !kRegs && ip == npass - 1 && p.k == 1;
+    wht_pass_n<Swz>(nb, s, d, b0, last ? p.scale : 1.0f, SmemStore<Swz>{s});
+    __syncthreads();
+    b0 += nb;
+  }
+  if constexpr (kRegs) {
+    const int st = 1 << b0;  // b0 == n - 4
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      const int g = static_cast<int>(threadIdx.x) + k * kThreads;
+      if (g < groups) {
+        const int base = ((g >> b0) << n) | (g & (st - 1));
+#pragma unroll
+        for (int j = 0; j < 16; ++j) v[k][j] = s[Swz::at(base + j * st)];
+        wht_regs<16>(v[k], 4);
+#pragma unroll
+        for (int j = 0; j < 16; ++j) v[k][j] *= p.scale;
+      }
+    }
+  } else if (p.k > 1) {
+    kmix<1, Swz>(s, p, false, SmemStore<Swz>{s});
+    __syncthreads();
+  }
+}
+
+// kRegs: the first element of group g's values (the others follow at stride 2^(n-4)).
+__device__ __forceinline__ int regs_base(int g, int n) {
+  const int b0 = n - 4;
+  return ((g >> b0) << n) | (g & ((1 << b0) - 1));
+}
+
+// How a kernel gets the (rotated) values of a row.
+enum RowMode : int { kDirect = 0, kGeneric = 1, kFast = 2 };
+
+// Row r rotated into buf (kGeneric, kFast) or nothing to do (kDirect). kFast:
+// fr holds row r's loads and gets `next`'s.
+template <class In, int V, int kMode, int G, bool kRegs>
+__device__ __forceinline__ void prepare_row(const In* xr, float* buf, const HadamardDevicePlan& plan, int64_t C,
+                                            FastRow<In, G>& fr, float (&v)[G][16], const In* next) {
+  if constexpr (kMode == kGeneric) {
+    stage_row<In, V>(xr, buf, C);
+    hadamard_rotate_smem<1>(buf, plan, false);  // begins and ends with __syncthreads
+  } else if constexpr (kMode == kFast) {
+    fast_rotate<In, G, kRegs>(fr, buf, plan, v, next);
+  }
+}
+
+// V consecutive values of the prepared row starting at column c0.
+template <class In, int V, int kMode>
+__device__ __forceinline__ void row_values(const In* xr, const float* buf, int64_t c0, float (&v)[V]) {
+  if constexpr (kMode == kDirect) {
+    load_global<V>(xr + c0, v);
+  } else if constexpr (kMode == kGeneric) {
+    load_smem<V>(buf + c0, v);
+  } else {
+    static_assert(V == 8, "the fast rotation reads 8-vectors");
+    const float4 a = *reinterpret_cast<const float4*>(buf + Swz::at(static_cast<int>(c0)));
+    const float4 b = *reinterpret_cast<const float4*>(buf + Swz::at(static_cast<int>(c0) + 4));
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+}
+
+// Threads of the block: the row's V-vectors in batches of kB (all loads of a
+// batch issued before any is used: direct global reads need that).
+template <int kMode>
+constexpr int batch() {
+  return kMode == kDirect ? 4 : 1;
+}
+
+// The largest |x| (as bits) of this thread's values of a prepared row.
+template <class In, int V, int kMode, int G, bool kRegs>
+__device__ __forceinline__ uint32_t row_absmax(const In* xr, const float* buf, int64_t C, const float (&v)[G][16]) {
+  uint32_t a = 0;
+  if constexpr (kRegs) {
+    const int groups = static_cast<int>(C >> 4);
+#pragma unroll
+    for (int k = 0; k < G; ++k)
+      if (static_cast<int>(threadIdx.x) + k * kThreads < groups)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) a = max(a, abs_bits(v[k][j]));
+  } else {
+    constexpr int kB = batch<kMode>();
+    const int64_t step = static_cast<int64_t>(kThreads) * V;
+    for (int64_t cb = static_cast<int64_t>(threadIdx.x) * V; cb < C; cb += kB * step) {
+      float w[kB][V];
+#pragma unroll
+      for (int b = 0; b < kB; ++b) {
+        const int64_t c0 = cb + b * step;
+        if (c0 < C) row_values<In, V, kMode>(xr, buf, c0, w[b]);
+      }
+#pragma unroll
+      for (int b = 0; b < kB; ++b)
+        if (cb + b * step < C)
+#pragma unroll
+          for (int j = 0; j < V; ++j) a = max(a, abs_bits(w[b][j]));
+    }
+  }
+  return a;
+}
+
+// ---- kernels -----------------------------------------------------------------------
 struct Params {
   const void* x;  // [R, C], f32 or bf16 bits
   int64_t R, C;
   Granularity g;
-  HadamardDevicePlan plan;  // kernels with kRot: the rotation of every row
+  DType dtype;
+  float qmax;
+  HadamardDevicePlan plan;  // kGeneric, kFast: the rotation of every row
   // absmax_kernel: zero-initialised accumulators of absmax bits.
   uint32_t* acc_o;  // row-side groups, laid out like out's scales (also serve the transposed
-                    // copy where its groups coincide: tensor, 128x128), or null
+                    // copy where its groups coincide: 128x128), or null
   uint32_t* acc_t;  // column-side groups of the transposed copy (row, 1x128), laid out like
                     // its scales, or null
   int rows_per_block;  // absmax_kernel: a power of two <= 128 (blocks never straddle a 128-row tile)
   bool col_smem;       // absmax_kernel: column maxima gathered in shared memory first
-  // quantize_kernel
-  const float* mul_o;  // multipliers of acc_o's groups (null: unscaled, multiplier 1)
+  // Per-tensor scale: pass 1 writes one absmax per block to partial[blockIdx.x];
+  // pass 2 reduces the n_partial entries.
+  uint32_t* partial;
+  int n_partial;
+  // pass 2
+  const float* mul_o;  // multipliers of acc_o's groups (null: per-tensor, per-row or unscaled)
   const float* mul_t;  // multipliers of acc_t's groups
-  uint8_t* q_o;        // [R, C] codes with mul_o, or null
-  uint8_t* q_t;        // [R, C] codes with mul_t (transposed afterwards), or null
+  uint8_t* q_o;        // [R, C] codes for out (or the transposed copy's source), or null
+  uint8_t* q_t;        // [R, C] codes with mul_t (the transposed copy's source), or null
+  float* scale_o;      // per-tensor: out's scale [1] (or null); per-row one pass: out's scales [R]
+  float* scale_t;      // per-tensor: out_t's scale [1], or null
+  bool row_max;        // per-row scales, computed from the row itself (one pass)
   bool stochastic;
   uint64_t seed, stream;
 };
 
-// One block per rows_per_block consecutive rows; thread t handles the V-vectors
-// starting at columns k * kThreads * V + t * V, the same ones in every row, so
-// that it can keep running column maxima of its own columns without atomics.
-//
-// Dynamic shared memory: [rotated row: pad4(C) floats, with kRot] [column
-// maxima, with col_smem] [128x128 tile maxima of the block's rows].
-template <class In, int V, bool kRot>
-__global__ void __launch_bounds__(kThreads, 4) absmax_kernel(Params p) {
+// Launch bounds: 64 registers (4 blocks of 256 per SM) where a thread has one
+// group of 16 per row, 128 with more.
+template <int G>
+constexpr int min_blocks() {
+  return G == 1 ? 4 : 2;
+}
+
+// Pass 1 of per-tensor scaling: the absmax of the whole (rotated) tensor, one
+// partial result per block. Persistent grid; rows (or, unrotated, 8-vectors of
+// the flat tensor) in ascending order over time.
+template <class In, int V, int kMode, int G, bool kRegs>
+__global__ void __launch_bounds__(kThreads, min_blocks<G>()) absmax_tensor_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   __shared__ uint32_t red[kWarps];
-  const int t = threadIdx.x, lane = t & 31;
+  float* buf = reinterpret_cast<float*>(dyn_smem);
+  const int t = static_cast<int>(threadIdx.x);
+  const In* x = static_cast<const In*>(p.x);
+  const int64_t R = p.R, C = p.C;
+  uint32_t a = 0;
+  if constexpr (kMode == kDirect) {
+    const int64_t nv = R * C / V;  // V = 8: C % 8 == 0
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+    for (int64_t i0 = static_cast<int64_t>(blockIdx.x) * kThreads + t; i0 < nv; i0 += 4 * stride) {
+      float w[4][V];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int64_t i = i0 + b * stride;
+        load_global<V>(x + V * (i < nv ? i : nv - 1), w[b]);  // a repeated vector changes no maximum
+      }
+#pragma unroll
+      for (int b = 0; b < 4; ++b)
+#pragma unroll
+        for (int j = 0; j < V; ++j) a = max(a, abs_bits(w[b][j]));
+    }
+  } else {
+    FastRow<In, G> fr;
+    float v[G][16];
+    const int groups = static_cast<int>(C >> 4);
+    if (kMode == kFast && blockIdx.x < R) fr.load(x + blockIdx.x * C, groups);
+    for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+      __syncthreads();  // buf is free
+      const int64_t rn = r + gridDim.x;
+      prepare_row<In, V, kMode, G, kRegs>(x + r * C, buf, p.plan, C, fr, v, rn < R ? x + rn * C : nullptr);
+      a = max(a, row_absmax<In, V, kMode, G, kRegs>(x + r * C, buf, C, v));
+    }
+  }
+  a = block_max(a, red);
+  if (t == 0) p.partial[blockIdx.x] = a;
+}
+
+// Pass 1 of row (with the transposed copy), 1x128 and 128x128 scaling: the
+// absmax of every group. One block per rows_per_block consecutive rows; thread t
+// handles the V-vectors starting at columns k * kThreads * V + t * V, the same
+// ones in every row, so that it can keep running column maxima of its own
+// columns without atomics.
+//
+// Dynamic shared memory: [rotated row (kGeneric, kFast)] [column maxima, with
+// col_smem] [128x128 tile maxima of the block's rows].
+template <class In, int V, int kMode, int G>
+__global__ void __launch_bounds__(kThreads, 4) absmax_kernel(Params p, int64_t row_floats) {
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  __shared__ uint32_t red[kWarps];
+  const int t = static_cast<int>(threadIdx.x), lane = t & 31;
   const int64_t R = p.R, C = p.C;
   const Granularity g = p.g;
   const int64_t step = static_cast<int64_t>(kThreads) * V;
@@ -280,7 +555,7 @@ __global__ void __launch_bounds__(kThreads, 4) absmax_kernel(Params p) {
   const int64_t nc = (C + 127) / 128;
   float* buf = reinterpret_cast<float*>(dyn_smem);
   // colmax: entry (k * V + j) * kThreads + t is column k * step + t * V + j (bank-conflict free).
-  uint32_t* colmax = reinterpret_cast<uint32_t*>(dyn_smem) + (kRot ? pad4(C) : 0);
+  uint32_t* colmax = reinterpret_cast<uint32_t*>(dyn_smem) + row_floats;
   uint32_t* tilemax = colmax + (col_smem ? static_cast<int64_t>(iters) * step : 0);  // [nc]
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * p.rows_per_block;
   const int64_t r1 = min(R, r0 + p.rows_per_block);
@@ -291,12 +566,13 @@ __global__ void __launch_bounds__(kThreads, 4) absmax_kernel(Params p) {
     __syncthreads();  // zeros visible before other threads' atomics
   }
   const In* x = static_cast<const In*>(p.x);
+  FastRow<In, G> fr;
+  float vr[G][16];
+  if (kMode == kFast && r0 < r1) fr.load(x + r0 * C, static_cast<int>(C >> 4));
   uint32_t tmax = 0;
   for (int64_t r = r0; r < r1; ++r) {
-    if constexpr (kRot) {
-      stage_row<In, V>(x + r * C, buf, C);
-      hadamard_rotate_smem<1>(buf, p.plan, false);  // begins and ends with __syncthreads
-    }
+    if constexpr (kMode != kDirect) __syncthreads();  // buf is read before the next row overwrites it
+    prepare_row<In, V, kMode, G, false>(x + r * C, buf, p.plan, C, fr, vr, r + 1 < r1 ? x + (r + 1) * C : nullptr);
     uint32_t rmax = 0;
     for (int k = 0; k < iters; ++k) {  // the same trip count in every thread: shuffles below
       const int64_t c0 = k * step + static_cast<int64_t>(t) * V;
@@ -304,10 +580,7 @@ __global__ void __launch_bounds__(kThreads, 4) absmax_kernel(Params p) {
       uint32_t m = 0;
       if (valid) {
         float v[V];
-        if constexpr (kRot)
-          load_smem<V>(buf + c0, v);
-        else
-          load_global<V>(x + r * C + c0, v);
+        row_values<In, V, kMode>(x + r * C, buf, c0, v);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
           const uint32_t b = abs_bits(v[j]);
@@ -336,11 +609,6 @@ __global__ void __launch_bounds__(kThreads, 4) absmax_kernel(Params p) {
       if (t == 0) p.acc_o[r] = rmax;  // the only writer of this row's entry
     }
     tmax = max(tmax, rmax);
-    if constexpr (kRot) __syncthreads();  // buf is read before the next row overwrites it
-  }
-  if (g == Granularity::tensor) {
-    tmax = block_max(tmax, red);
-    if (t == 0 && tmax != 0) atomicMax(p.acc_o, tmax);
   }
   if (col_smem) {
     for (int k = 0; k < iters; ++k)
@@ -368,8 +636,8 @@ struct FinalizeParams {
   float* mul_t;
   float* scale_t;
   int64_t n_b;
-  // Segment C: n_c entries of the transposed copy's scales taken from acc_o (groups that
-  // coincide with out's, or 1 when unscaled).
+  // Segment C: n_c entries of the transposed copy's scales taken from acc_o (128x128
+  // groups, which coincide with out's, or 1 when unscaled).
   float* scale_tr;
   int64_t n_c;
   Granularity g;
@@ -395,59 +663,479 @@ __global__ void finalize_kernel(FinalizeParams p) {
   i -= p.n_b;
   if (i < p.n_c) {
     float a = 0.0f;  // padding entries and unscaled: scale 1
-    if (p.acc_o) {
-      if (p.g == Granularity::tensor) {
-        a = __uint_as_float(p.acc_o[0]);
-      } else {  // 128x128: entry (tile row a of C, tile column b of R) of the [C, R] copy
-        const int64_t nrb = (p.R + 127) / 128, width = pad4(nrb);
-        const int64_t tc = i / width, tr = i % width;
-        if (tr < nrb) a = __uint_as_float(p.acc_o[scale_index(p.g, tr * 128, tc * 128, p.R, p.C)]);
-      }
+    if (p.acc_o) {  // 128x128: entry (tile row tc of C, tile column tr of R) of the [C, R] copy
+      const int64_t nrb = (p.R + 127) / 128, width = pad4(nrb);
+      const int64_t tc = i / width, tr = i % width;
+      if (tr < nrb) a = __uint_as_float(p.acc_o[scale_index(p.g, tr * 128, tc * 128, p.R, p.C)]);
     }
     p.scale_tr[i] = quant_scale(a, p.qmax);
   }
 }
 
-// Rows in a grid-stride loop; each thread handles V-vectors of a row. All V
-// elements of a vector lie in one row-side group (V divides 128). The products
-// use __fmul_rn so that they are never fused into an FMA with a later add (the
-// stochastic INT8 rounding adds u): the CPU rounds the product first.
-// With kRot, each row is staged and rotated in dynamic shared memory (pad4(C) floats).
-template <class In, int V, DType D, bool kRot>
-__global__ void __launch_bounds__(kThreads, 4) quantize_kernel(Params p) {
+// kRegs: codes of one group's 16 values (element i0 + j * st of the tensor, at
+// dst + j * st), multiplied by m.
+template <DType D>
+__device__ __forceinline__ void regs_codes(const float (&v)[16], float m, uint8_t* dst, int st, bool stochastic,
+                                           uint64_t seed, uint64_t stream, uint64_t i0) {
+  float y[16];
+#pragma unroll
+  for (int j = 0; j < 16; ++j) y[j] = __fmul_rn(v[j], m);
+  if (stochastic) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+      dst[j * st] = encode_sr<D>(y[j], uniform01(seed, stream, i0 + static_cast<uint64_t>(j) * st));
+  } else {
+#pragma unroll
+    for (int j = 0; j < 16; j += 2) {
+      const uint32_t w = encode2<D>(y[j], y[j + 1]);
+      dst[j * st] = static_cast<uint8_t>(w);
+      dst[(j + 1) * st] = static_cast<uint8_t>(w >> 8);
+    }
+  }
+}
+
+// Pass 2 (and the whole of per-row scaling without the transposed copy) for the
+// rows quad_quantize_kernel does not take: the codes of every row, in descending
+// row order (row R - 1 - blockIdx.x - k * gridDim.x).
+// The products use __fmul_rn so that they are never fused into an FMA with a
+// later add (the stochastic INT8 rounding adds u): the CPU rounds the product first.
+template <class In, int V, int kMode, int G, bool kRegs>
+__global__ void __launch_bounds__(kThreads, min_blocks<G>()) quantize_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char dyn_smem[];
+  __shared__ uint32_t red[kWarps];
   float* buf = reinterpret_cast<float*>(dyn_smem);
+  const int t = static_cast<int>(threadIdx.x);
   const In* x = static_cast<const In*>(p.x);
   const int64_t R = p.R, C = p.C;
   const Granularity g = p.g;
-  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {  // the same trip count in every thread
+  const int groups = static_cast<int>(C >> 4);
+  const int64_t grid = gridDim.x;
+
+  FastRow<In, G> fr;
+  int64_t item = blockIdx.x, next = item + grid;
+  if (kMode == kFast && item < R) fr.load(x + (R - 1 - item) * C, groups);
+
+  float m_all = 1.0f;  // unscaled; per-tensor: from pass 1's partial maxima
+  if (p.partial) {
+    uint32_t a = 0;
+    for (int i = t; i < p.n_partial; i += kThreads) a = max(a, p.partial[i]);
+    a = block_max(a, red);
+    const float amax = __uint_as_float(a);
+    m_all = quant_multiplier(amax, p.qmax);
+    if (blockIdx.x == 0 && t == 0) {
+      if (p.scale_o) p.scale_o[0] = quant_scale(amax, p.qmax);
+      if (p.scale_t) p.scale_t[0] = quant_scale(amax, p.qmax);
+    }
+  }
+  const bool uniform = p.mul_o == nullptr;  // one multiplier for the row: m
+
+  while (item < R) {
+    const int64_t r = R - 1 - item;
+    const In* xr = x + r * C;
+    __syncthreads();  // buf is free
+    float v[G][16];
+    prepare_row<In, V, kMode, G, kRegs>(xr, buf, p.plan, C, fr, v, next < R ? x + (R - 1 - next) * C : nullptr);
+    float m = m_all;
+    if (p.row_max) {
+      const uint32_t a = block_max(row_absmax<In, V, kMode, G, kRegs>(xr, buf, C, v), red);
+      const float amax = __uint_as_float(a);
+      m = quant_multiplier(amax, p.qmax);
+      if (t == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
+    }
+    if constexpr (kRegs) {  // out's codes only (the host makes sure), one multiplier
+      uint8_t* qr = p.q_o + r * C;
+      const int n = p.plan.log2_pow2, st = 1 << (n - 4);
+#pragma unroll
+      for (int k = 0; k < G; ++k) {
+        const int gi = t + k * kThreads;
+        if (gi < groups) {
+          const int base = regs_base(gi, n);
+          const uint64_t i0 = static_cast<uint64_t>(r * C + base);
+          switch (p.dtype) {
+            case DType::i8: regs_codes<DType::i8>(v[k], m, qr + base, st, p.stochastic, p.seed, p.stream, i0); break;
+            case DType::e4m3:
+              regs_codes<DType::e4m3>(v[k], m, qr + base, st, p.stochastic, p.seed, p.stream, i0);
+              break;
+            default: regs_codes<DType::e5m2>(v[k], m, qr + base, st, p.stochastic, p.seed, p.stream, i0); break;
+          }
+        }
+      }
+    } else {
+      constexpr int kB = batch<kMode>();
+      const int64_t step = static_cast<int64_t>(kThreads) * V;
+      for (int64_t cb = static_cast<int64_t>(t) * V; cb < C; cb += kB * step) {
+        float w[kB][V];
+#pragma unroll
+        for (int b = 0; b < kB; ++b)
+          if (cb + b * step < C) row_values<In, V, kMode>(xr, buf, cb + b * step, w[b]);
+#pragma unroll
+        for (int b = 0; b < kB; ++b) {
+          const int64_t c0 = cb + b * step;
+          if (c0 >= C) break;
+          const int64_t i = r * C + c0;
+          float u[V], y[V];
+#pragma unroll
+          for (int j = 0; j < V; ++j)
+            u[j] = p.stochastic ? uniform01(p.seed, p.stream, static_cast<uint64_t>(i + j)) : 0.0f;
+          if (p.q_o) {
+            const float mo = uniform ? m : p.mul_o[scale_index(g, r, c0, R, C)];
+#pragma unroll
+            for (int j = 0; j < V; ++j) y[j] = __fmul_rn(w[b][j], mo);
+            store_codes_rt<V>(p.dtype, p.q_o + i, y, u, p.stochastic);
+          }
+          if (p.q_t) {
+#pragma unroll
+            for (int j = 0; j < V; ++j) y[j] = __fmul_rn(w[b][j], p.mul_t[scale_index(g, c0 + j, r, C, R)]);
+            store_codes_rt<V>(p.dtype, p.q_t + i, y, u, p.stochastic);
+          }
+        }
+      }
+    }
+    item = next;
+    next += grid;
+  }
+}
+
+// ---- four rows per block: 64 threads per row --------------------------------------
+// Used for every unrotated row-major pass 2 with 8-vectors, and for the rotation
+// of d = 4096 (K = 1), the width of Llama-3-8B activations ("S rotation"):
+//   pass A: thread lt (0..63) loads the 64 elements lt + 64 j of its row (each
+//           warp load is 64 contiguous bytes), transforms index bits 6..11 in
+//           registers and stores them to shared memory;
+//   pass B: thread lt reads elements 64 lt .. 64 lt + 63 (16 float4 loads),
+//           transforms bits 0..5 in registers: the rotated row, 64 contiguous
+//           values per thread, ready for the maximum and for 8-byte code stores.
+// One exchange through shared memory (element 64 a + c at 64 a + (c ^ 4 (a & 7)):
+// both sides bank-conflict free) and no index arithmetic per element.
+constexpr int kRowThreads = 64;
+constexpr int kQuad = kThreads / kRowThreads;  // rows per block
+constexpr int kSDim = 4096;
+constexpr size_t kSRot = static_cast<size_t>(kQuad) * kSDim * 4;  // the rows as f32, for the exchange
+// bf16 inputs: the next four rows are prefetched (cp.async) into a raw buffer
+// behind the exchange buffer while the current ones are rotated.
+template <class In>
+constexpr size_t s_smem() {
+  return kSRot + (sizeof(In) == 2 ? static_cast<size_t>(kQuad) * kSDim * 2 : 0);
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t sa = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Starts copying the rows of group `quad` (bf16, 8 KB each) into raw; all threads.
+__device__ __forceinline__ void s_prefetch(const uint16_t* x, int64_t R, int64_t quad, uint16_t* raw) {
+#pragma unroll
+  for (int w = 0; w < kQuad; ++w) {
+    const int64_t r = quad * kQuad + w;
+    if (r < R) {
+#pragma unroll
+      for (int k = 0; k < kSDim / 8 / kThreads; ++k) {
+        const int c = 8 * (static_cast<int>(threadIdx.x) + k * kThreads);
+        cp_async16(raw + w * kSDim + c, x + r * kSDim + c);
+      }
+    }
+  }
+  cp_async_commit();
+}
+
+__device__ __forceinline__ float load1(const uint16_t* p) {
+  return __uint_as_float(static_cast<uint32_t>(__ldg(reinterpret_cast<const unsigned short*>(p))) << 16);
+}
+__device__ __forceinline__ float load1(const float* p) { return __ldg(p); }
+
+// Pass A of row xr (global memory, or the prefetched copy raw when not null) into
+// s (the row's 4096 floats).
+template <class In>
+__device__ __forceinline__ void s_pass_a(const In* xr, const uint16_t* raw, float* s, int lt) {
+  float v[64];
+  if (sizeof(In) == 2 && raw) {
+#pragma unroll
+    for (int j = 0; j < 64; ++j) v[j] = __uint_as_float(static_cast<uint32_t>(raw[lt + 64 * j]) << 16);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 64; ++j) v[j] = load1(xr + lt + 64 * j);
+  }
+  hadamard_detail::wht_regs<64>(v, 6);
+#pragma unroll
+  for (int j = 0; j < 64; ++j) s[64 * j + (lt ^ (4 * (j & 7)))] = v[j];
+}
+
+// Pass B: v[j] = element 64 lt + j of the rotated row, not yet scaled.
+__device__ __forceinline__ void s_pass_b(const float* s, int lt, float (&v)[64]) {
+#pragma unroll
+  for (int q = 0; q < 16; ++q) {
+    const float4 f = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * (q ^ (lt & 7)));
+    v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
+  }
+  hadamard_detail::wht_regs<64>(v, 6);
+}
+
+// Maximum over the 64 threads of each row (warps 2w, 2w + 1); all threads call it.
+__device__ __forceinline__ uint32_t quad_row_max(uint32_t a, uint32_t* red) {
+  a = warp_max(a);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = a;
+  __syncthreads();
+  const int w = static_cast<int>(threadIdx.x) >> 6;
+  a = max(red[2 * w], red[2 * w + 1]);
+  __syncthreads();  // red is reused
+  return a;
+}
+
+// Pass 1 of per-tensor scaling with the S rotation: persistent grid, groups of
+// four rows in ascending order, the next group's rows prefetched (bf16). The
+// maximum of |unscaled| values times the scale is the maximum of the scaled ones
+// (rounding is monotonic).
+template <class In>
+__global__ void __launch_bounds__(kThreads, 2) absmax_s_kernel(Params p) {
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  __shared__ uint32_t red[kWarps];
+  constexpr bool kPre = sizeof(In) == 2;
+  const int t = static_cast<int>(threadIdx.x), w = t >> 6, lt = t & 63;
+  const In* x = static_cast<const In*>(p.x);
+  const int64_t R = p.R, nq = (R + kQuad - 1) / kQuad;
+  float* s = reinterpret_cast<float*>(dyn_smem) + w * kSDim;
+  uint16_t* raw = reinterpret_cast<uint16_t*>(dyn_smem + kSRot);
+  if constexpr (kPre)
+    if (blockIdx.x < nq) s_prefetch(reinterpret_cast<const uint16_t*>(x), R, blockIdx.x, raw);
+  uint32_t a = 0;
+  for (int64_t quad = blockIdx.x; quad < nq; quad += gridDim.x) {
+    const int64_t r = quad * kQuad + w;
+    if constexpr (kPre) cp_async_wait_all();
+    __syncthreads();  // raw has arrived, s is free
+    if (r < R) s_pass_a(x + r * kSDim, kPre ? raw + w * kSDim : nullptr, s, lt);
+    __syncthreads();  // s written, raw free
+    if constexpr (kPre)
+      if (quad + gridDim.x < nq) s_prefetch(reinterpret_cast<const uint16_t*>(x), R, quad + gridDim.x, raw);
+    if (r < R) {
+      float v[64];
+      s_pass_b(s, lt, v);
+#pragma unroll
+      for (int j = 0; j < 64; ++j) a = max(a, abs_bits(v[j]));
+    }
+  }
+  a = block_max(a, red);
+  if (t == 0) p.partial[blockIdx.x] = abs_bits(__uint_as_float(a) * p.plan.scale);
+}
+
+// Eight codes of y (already multiplied; element index i0..) in format D, y[0] in the
+// lowest byte. Stochastic: one random number at a time (few registers live).
+template <DType D>
+__device__ __forceinline__ uint2 encode8(const float (&y)[8], bool stochastic, uint64_t seed, uint64_t stream,
+                                         uint64_t i0) {
+  uint32_t w[2];
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    if (stochastic) {
+      w[k] = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        w[k] |= static_cast<uint32_t>(encode_sr<D>(y[4 * k + j], uniform01(seed, stream, i0 + 4 * k + j))) << (8 * j);
+    } else {
+      w[k] = encode2<D>(y[4 * k], y[4 * k + 1]) | (encode2<D>(y[4 * k + 2], y[4 * k + 3]) << 16);
+    }
+  }
+  return make_uint2(w[0], w[1]);
+}
+
+// 8 consecutive inputs as raw registers.
+template <class In>
+struct Raw8 {
+  uint4 q[sizeof(In) / 2];
+};
+template <class In>
+__device__ __forceinline__ void load_raw8(const In* p, Raw8<In>& r) {
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(In)) / 2; ++i) r.q[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
+}
+__device__ __forceinline__ void unpack8(const Raw8<uint16_t>& r, float (&v)[8]) {
+  unpack_bf16x2(r.q[0].x, v[0], v[1]);
+  unpack_bf16x2(r.q[0].y, v[2], v[3]);
+  unpack_bf16x2(r.q[0].z, v[4], v[5]);
+  unpack_bf16x2(r.q[0].w, v[6], v[7]);
+}
+__device__ __forceinline__ void unpack8(const Raw8<float>& r, float (&v)[8]) {
+  v[0] = __uint_as_float(r.q[0].x), v[1] = __uint_as_float(r.q[0].y), v[2] = __uint_as_float(r.q[0].z);
+  v[3] = __uint_as_float(r.q[0].w), v[4] = __uint_as_float(r.q[1].x), v[5] = __uint_as_float(r.q[1].y);
+  v[6] = __uint_as_float(r.q[1].z), v[7] = __uint_as_float(r.q[1].w);
+}
+
+// Unrotated rows: a thread's 8-vectors of a chunk of the row are c0 = cb + 8 (lt + 64 k),
+// k < kNV, all loaded before any is used (128 bytes in flight per thread).
+template <class In>
+constexpr int quad_nv() {
+  return sizeof(In) == 2 ? 8 : 4;
+}
+
+// Codes of one 8-vector v at (r, c0) for out (multiplier mo) and for the transposed
+// copy's own groups (mul_t), as quantize_kernel.
+template <DType D, bool kSR>
+__device__ __forceinline__ void vec_codes(const Params& p, int64_t r, int64_t c0, const float (&v)[8], float mo) {
+  const int64_t i = r * p.C + c0;
+  float y[8];
+  if (p.q_o) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) y[j] = __fmul_rn(v[j], mo);
+    *reinterpret_cast<uint2*>(p.q_o + i) = encode8<D>(y, kSR, p.seed, p.stream, i);
+  }
+  if (p.q_t) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) y[j] = __fmul_rn(v[j], p.mul_t[scale_index(p.g, c0 + j, r, p.C, p.R)]);
+    *reinterpret_cast<uint2*>(p.q_t + i) = encode8<D>(y, kSR, p.seed, p.stream, i);
+  }
+}
+
+template <bool kSR>
+__device__ __forceinline__ void vec_codes_any(const Params& p, int64_t r, int64_t c0, const float (&v)[8], float mo) {
+  switch (p.dtype) {
+    case DType::i8: vec_codes<DType::i8, kSR>(p, r, c0, v, mo); break;
+    case DType::e4m3: vec_codes<DType::e4m3, kSR>(p, r, c0, v, mo); break;
+    default: vec_codes<DType::e5m2, kSR>(p, r, c0, v, mo); break;
+  }
+}
+
+// The S rotation's codes (out's only: the host sends the transposed copy's own
+// groups to quantize_kernel): elements c0 = 64 lt.. of row r, scaled, from the
+// thread's own part of s (pass B's layout), multiplier mo.
+template <DType D, bool kSR>
+__device__ __forceinline__ void rot_codes(const Params& p, int64_t r, int64_t c0, const float* s, int lt, float mo) {
+  const int64_t i = r * p.C + c0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const float4 a = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * ((2 * k) ^ (lt & 7)));
+    const float4 b = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * ((2 * k + 1) ^ (lt & 7)));
+    float y[8] = {__fmul_rn(a.x, mo), __fmul_rn(a.y, mo), __fmul_rn(a.z, mo), __fmul_rn(a.w, mo),
+                  __fmul_rn(b.x, mo), __fmul_rn(b.y, mo), __fmul_rn(b.z, mo), __fmul_rn(b.w, mo)};
+    *reinterpret_cast<uint2*>(p.q_o + i + 8 * k) = encode8<D>(y, kSR, p.seed, p.stream, i + 8 * k);
+  }
+}
+
+// Pass 2 by groups of four rows (kRot: the S rotation; else unrotated, C % 8 == 0,
+// 16-byte aligned rows), and the per-row one-pass scaling: codes in descending row
+// order (group nq - 1 - blockIdx.x - k * gridDim.x); kRot, bf16: the next group's
+// rows prefetched while the current ones are rotated.
+template <class In, bool kRot, bool kSR>
+__global__ void __launch_bounds__(kThreads, kRot ? 2 : 3) quad_quantize_kernel(Params p) {
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  __shared__ uint32_t red[kWarps];
+  const int t = static_cast<int>(threadIdx.x), w = t >> 6, lt = t & 63;
+  const In* x = static_cast<const In*>(p.x);
+  const int64_t R = p.R, C = p.C, nq = (R + kQuad - 1) / kQuad;
+  const Granularity g = p.g;
+  const int64_t grid = gridDim.x;
+
+  float m_all = 1.0f;  // unscaled; per-tensor: from pass 1's partial maxima
+  if (p.partial) {
+    uint32_t a = 0;
+    for (int i = t; i < p.n_partial; i += kThreads) a = max(a, p.partial[i]);
+    a = block_max(a, red);
+    const float amax = __uint_as_float(a);
+    m_all = quant_multiplier(amax, p.qmax);
+    if (blockIdx.x == 0 && t == 0) {
+      if (p.scale_o) p.scale_o[0] = quant_scale(amax, p.qmax);
+      if (p.scale_t) p.scale_t[0] = quant_scale(amax, p.qmax);
+    }
+  }
+  const bool uniform = p.mul_o == nullptr;
+
+  constexpr bool kPre = kRot && sizeof(In) == 2;
+  uint16_t* raw = reinterpret_cast<uint16_t*>(dyn_smem + kSRot);
+  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(p.x);
+  int64_t item = blockIdx.x, next = item + grid;
+  if constexpr (kPre)
+    if (item < nq) s_prefetch(x16, R, nq - 1 - item, raw);
+  while (item < nq) {
+    const int64_t quad = nq - 1 - item, r = quad * kQuad + w;
+    const bool valid = r < R;
+    const In* xr = x + r * C;
+    if constexpr (kPre) cp_async_wait_all();
+    __syncthreads();  // shared memory is free, the prefetched rows have arrived
     if constexpr (kRot) {
-      stage_row<In, V>(x + r * C, buf, C);
-      hadamard_rotate_smem<1>(buf, p.plan, false);
-    }
-    for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * V; c0 < C; c0 += static_cast<int64_t>(kThreads) * V) {
-      const int64_t i = r * C + c0;
-      float v[V], u[V], y[V];
-      if constexpr (kRot)
-        load_smem<V>(buf + c0, v);
-      else
-        load_global<V>(x + i, v);
+      float* s = reinterpret_cast<float*>(dyn_smem) + w * kSDim;
+      if (valid) s_pass_a(xr, kPre ? raw + w * kSDim : nullptr, s, lt);
+      __syncthreads();
+      if constexpr (kPre)
+        if (next < nq) s_prefetch(x16, R, nq - 1 - next, raw);
+      // Pass B; the thread's 64 scaled values go back to its own 64 floats of s (no
+      // other thread reads them), so that they need no registers across the row
+      // maximum and the codes.
+      uint32_t a = 0;
+      if (valid) {
+        float v[64];
+        s_pass_b(s, lt, v);
 #pragma unroll
-      for (int j = 0; j < V; ++j)
-        u[j] = p.stochastic ? uniform01(p.seed, p.stream, static_cast<uint64_t>(i + j)) : 0.0f;
-      if (p.q_o) {
-        const float m = p.mul_o ? p.mul_o[scale_index(g, r, c0, R, C)] : 1.0f;
+        for (int j = 0; j < 64; ++j) {
+          v[j] *= p.plan.scale;
+          a = max(a, abs_bits(v[j]));
+        }
 #pragma unroll
-        for (int j = 0; j < V; ++j) y[j] = __fmul_rn(v[j], m);
-        store_codes<D, V>(p.q_o + i, y, u, p.stochastic);
+        for (int q = 0; q < 16; ++q)
+          *reinterpret_cast<float4*>(s + 64 * lt + 4 * (q ^ (lt & 7))) =
+              make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
       }
-      if (p.q_t) {
+      float m = m_all;
+      if (p.row_max) {
+        const float amax = __uint_as_float(quad_row_max(a, red));
+        m = quant_multiplier(amax, p.qmax);
+        if (valid && lt == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
+      }
+      if (valid && p.q_o) {
+        const int64_t c0 = 64 * lt;
+        const float mo = uniform ? m : p.mul_o[scale_index(g, r, c0, R, C)];  // 64 columns: one group
+        switch (p.dtype) {
+          case DType::i8: rot_codes<DType::i8, kSR>(p, r, c0, s, lt, mo); break;
+          case DType::e4m3: rot_codes<DType::e4m3, kSR>(p, r, c0, s, lt, mo); break;
+          default: rot_codes<DType::e5m2, kSR>(p, r, c0, s, lt, mo); break;
+        }
+      }
+    } else {
+      constexpr int kNV = quad_nv<In>();
+      const int64_t chunk = 8 * kRowThreads * kNV;
+      const bool one_chunk = C <= chunk;
+      Raw8<In> raw[kNV];
+      auto load_chunk = [&](int64_t cb) {
 #pragma unroll
-        for (int j = 0; j < V; ++j) y[j] = __fmul_rn(v[j], p.mul_t[scale_index(g, c0 + j, r, C, R)]);
-        store_codes<D, V>(p.q_t + i, y, u, p.stochastic);
+        for (int k = 0; k < kNV; ++k) {
+          const int64_t c0 = cb + 8 * (lt + kRowThreads * k);
+          if (valid && c0 < C) load_raw8(xr + c0, raw[k]);
+        }
+      };
+      float m = m_all;
+      if (p.row_max) {
+        uint32_t a = 0;
+        for (int64_t cb = 0; cb < C; cb += chunk) {
+          load_chunk(cb);
+#pragma unroll
+          for (int k = 0; k < kNV; ++k) {
+            if (valid && cb + 8 * (lt + kRowThreads * k) < C) {
+              float v[8];
+              unpack8(raw[k], v);
+#pragma unroll
+              for (int j = 0; j < 8; ++j) a = max(a, abs_bits(v[j]));
+            }
+          }
+        }
+        const float amax = __uint_as_float(quad_row_max(a, red));
+        m = quant_multiplier(amax, p.qmax);
+        if (valid && lt == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
+      }
+      for (int64_t cb = 0; cb < C; cb += chunk) {
+        if (!(p.row_max && one_chunk)) load_chunk(cb);  // one chunk: still in registers
+#pragma unroll
+        for (int k = 0; k < kNV; ++k) {
+          const int64_t c0 = cb + 8 * (lt + kRowThreads * k);
+          if (valid && c0 < C) {
+            float v[8];
+            unpack8(raw[k], v);
+            vec_codes_any<kSR>(p, r, c0, v, uniform ? m : p.mul_o[scale_index(g, r, c0, R, C)]);
+          }
+        }
       }
     }
-    if constexpr (kRot) __syncthreads();  // buf is read before the next row overwrites it
+    item = next;
+    next += grid;
   }
 }
 
@@ -520,6 +1208,7 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(const uint8_t* q, 
     }
 }
 
+
 // ---- host side -------------------------------------------------------------------
 int sm_count() {
   int dev = 0, n = 0;
@@ -537,33 +1226,71 @@ int max_optin_smem() {
 
 unsigned row_grid(int64_t R) { return static_cast<unsigned>(std::min<int64_t>(R, INT_MAX)); }
 
+// Allows `smem` bytes of dynamic shared memory for `kernel` and returns how many
+// of its blocks fit on the whole GPU at once (cached per kernel, size and device).
 template <class Kernel>
-void launch(Kernel kernel, unsigned grid, size_t smem, const Params& p) {
+int64_t resident_blocks(Kernel kernel, size_t smem) {
   if (smem > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<grid, kThreads, smem, current_stream()>>>(p);
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, size_t, int>, int64_t> cache;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), smem, dev);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    int per_sm = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+    it = cache.emplace(key, static_cast<int64_t>(std::max(per_sm, 1)) * sm_count()).first;
+  }
+  return it->second;
+}
+
+template <class Kernel, class... Args>
+void launch(Kernel kernel, int64_t grid, size_t smem, Args... args) {
+  if (smem > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<static_cast<unsigned>(std::max<int64_t>(grid, 1)), kThreads, smem, current_stream()>>>(args...);
   CUDA_CHECK_LAUNCH();
 }
 
-template <class In, int V>
-void launch_absmax(const Params& p, bool rot, size_t smem) {
-  const unsigned grid = static_cast<unsigned>((p.R + p.rows_per_block - 1) / p.rows_per_block);
-  rot ? launch(absmax_kernel<In, V, true>, grid, smem, p) : launch(absmax_kernel<In, V, false>, grid, smem, p);
-}
+// The kernel variant: input type, vector width, how rows are read, groups of 16
+// per thread (kFast) and whether the last rotation pass stays in registers.
+struct Config {
+  bool f32 = false;
+  int V = 1;
+  int mode = kDirect;
+  int G = 1;
+  bool regs = false;
+  bool s = false;  // the S rotation (d = 4096, K = 1): the four-row kernels
+};
 
-template <class In, int V, bool kRot>
-void launch_quantize(const Params& p, DType d, size_t smem) {
-  const unsigned grid = row_grid(p.R);
-  switch (d) {
-    case DType::i8: launch(quantize_kernel<In, V, DType::i8, kRot>, grid, smem, p); break;
-    case DType::e4m3: launch(quantize_kernel<In, V, DType::e4m3, kRot>, grid, smem, p); break;
-    default: launch(quantize_kernel<In, V, DType::e5m2, kRot>, grid, smem, p); break;
+template <class In_, int V_, int kMode_, int G_, bool kRegs_>
+struct Variant {
+  using In = In_;
+  static constexpr int V = V_, kMode = kMode_, G = G_;
+  static constexpr bool kRegs = kRegs_;
+};
+
+template <class In, class F>
+void dispatch_in(const Config& c, F&& f) {
+  if (c.mode == kDirect) {
+    c.V == 8 ? f(Variant<In, 8, kDirect, 1, false>{}) : f(Variant<In, 1, kDirect, 1, false>{});
+  } else if (c.mode == kGeneric) {
+    c.V == 8 ? f(Variant<In, 8, kGeneric, 1, false>{}) : f(Variant<In, 1, kGeneric, 1, false>{});
+  } else if (c.G == 1) {
+    c.regs ? f(Variant<In, 8, kFast, 1, true>{}) : f(Variant<In, 8, kFast, 1, false>{});
+  } else if (c.G == 2) {
+    c.regs ? f(Variant<In, 8, kFast, 2, true>{}) : f(Variant<In, 8, kFast, 2, false>{});
+  } else {
+    f(Variant<In, 8, kFast, 4, false>{});
   }
 }
 
-template <class In, int V>
-void launch_quantize(const Params& p, DType d, bool rot, size_t smem) {
-  rot ? launch_quantize<In, V, true>(p, d, smem) : launch_quantize<In, V, false>(p, d, smem);
+template <class F>
+void dispatch(const Config& c, F&& f) {
+  c.f32 ? dispatch_in<float>(c, f) : dispatch_in<uint16_t>(c, f);
 }
 
 void transpose_u8(const uint8_t* in, uint8_t* out, int64_t R, int64_t C) {
@@ -597,6 +1324,12 @@ void finalize(const FinalizeParams& f) {
   CUDA_CHECK_LAUNCH();
 }
 
+int64_t numel_of(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
 }  // namespace
 
 void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QTensor* out, QTensor* out_t) {
@@ -614,97 +1347,155 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
   }
 
   // Which codes and accumulators are needed.
+  const bool tensor = spec.scaled && g == Granularity::tensor;
+  const bool row_onepass = spec.scaled && g == Granularity::row && out && !out_t;
   const bool same_codes = !spec.scaled || g == Granularity::tensor || g == Granularity::block128x128;
-  const bool need_o = spec.scaled && (out || same_codes);
+  const bool need_o = spec.scaled && !tensor && !row_onepass && (out || same_codes);
   const bool need_t = spec.scaled && out_t && !same_codes;
 
-  // Shared memory: the rotated row (fused rotation), column and tile maxima (pass 1).
+  // How rows are read (rotation fused or not) and the shared memory of a row.
   const size_t limit = static_cast<size_t>(max_optin_smem()) - 1024;  // leave room for static shared memory
-  const size_t row_bytes = static_cast<size_t>(pad4(C)) * 4;
   const size_t tile_bytes = g == Granularity::block128x128 ? static_cast<size_t>((C + 127) / 128) * 4 : 0;
-  // hadamard_rotate_smem<1> handles H_K factors up to K = 4 * kThreads (all shipped orders).
-  const bool fused = rotate_rows && row_bytes + tile_bytes <= limit && hadamard_plan(C).k <= 4 * kThreads;
-
-  // The input the kernels read: x itself, or (rows too long to rotate in shared
-  // memory) an f32 temporary rotated by hadamard_rows.
+  Config cfg;
+  int64_t row_floats = 0;
   Tensor rotated;
   const Tensor* src = &x2;
-  if (rotate_rows && !fused) {
-    rotated = Tensor::empty({R, C}, DType::f32, Device::cuda);
-    hadamard_rows(x2, rotated);
-    src = &rotated;
+  Params p{};
+  if (rotate_rows) {
+    const HadamardPlan& hp = hadamard_plan(C);
+    // hadamard_rotate_smem<1> and the fast rotation's K-mix handle K up to 4 * kThreads.
+    const bool kmix_ok = hp.k <= 4 * kThreads;
+    const bool aligned = reinterpret_cast<uintptr_t>(x2.data()) % 16 == 0;
+    const int64_t pow2 = hp.pow2;  // the length of the Walsh-Hadamard segments
+    const bool seg16 = pow2 >= 16, seg256 = pow2 >= 256;
+    const size_t fast_bytes = static_cast<size_t>(hadamard_smem_floats(static_cast<int>(std::min<int64_t>(C, INT_MAX - 32)))) * 4;
+    if (kmix_ok && C % 16 == 0 && seg16 && aligned && C <= 64 * kThreads && fast_bytes + tile_bytes <= limit) {
+      cfg.mode = kFast;
+      cfg.G = C <= 16 * kThreads ? 1 : (C <= 32 * kThreads ? 2 : 4);
+      cfg.regs = hp.k == 1 && seg256 && cfg.G <= 2 && !need_t && (tensor || row_onepass || !spec.scaled);
+      cfg.s = C == kSDim && hp.k == 1 && hp.full();
+      row_floats = static_cast<int64_t>(fast_bytes / 4);
+    } else if (kmix_ok && static_cast<size_t>(pad4(C)) * 4 + tile_bytes <= limit) {
+      cfg.mode = kGeneric;
+      row_floats = pad4(C);
+    } else {  // rows too long for shared memory: an f32 temporary rotated by hadamard_rows
+      rotated = Tensor::empty({R, C}, DType::f32, Device::cuda);
+      hadamard_rows(x2, rotated);
+      src = &rotated;
+    }
+    if (cfg.mode != kDirect) p.plan = hadamard_device_plan(hp);
   }
-  const bool in_f32 = src->dtype() == DType::f32;
-  const bool vec = C % 8 == 0 && reinterpret_cast<uintptr_t>(src->data()) % 16 == 0;
-  const int V = vec ? 8 : 1;
+  cfg.f32 = src->dtype() == DType::f32;
+  cfg.V = C % 8 == 0 && reinterpret_cast<uintptr_t>(src->data()) % 16 == 0 ? 8 : 1;
+  const size_t row_bytes = static_cast<size_t>(row_floats) * 4;
 
-  int64_t n_o = 0;
-  if (need_o) {
-    n_o = 1;
-    for (int64_t d : scale_shape(g, R, C)) n_o *= d;
+  p.x = src->data();
+  p.R = R, p.C = C, p.g = g, p.dtype = spec.dtype, p.qmax = f.qmax;
+  p.stochastic = spec.stochastic, p.seed = spec.seed, p.stream = spec.stream;
+
+  // Pass 1 of per-tensor scaling: its grid sets the number of partial maxima.
+  int64_t grid1 = 0;
+  const int64_t n_quads = (R + kQuad - 1) / kQuad;
+  if (tensor && cfg.s) {
+    grid1 = std::min(n_quads, cfg.f32 ? resident_blocks(absmax_s_kernel<float>, s_smem<float>())
+                                      : resident_blocks(absmax_s_kernel<uint16_t>, s_smem<uint16_t>()));
+  } else if (tensor) {
+    dispatch(cfg, [&](auto var) {
+      using Var = decltype(var);
+      const int64_t cap = Var::kMode == kDirect ? (R * C / Var::V + 4 * kThreads - 1) / (4 * kThreads) : R;
+      grid1 = std::min(cap, resident_blocks(absmax_tensor_kernel<typename Var::In, Var::V, Var::kMode, Var::G, Var::kRegs>,
+                                            row_bytes));
+    });
   }
+
+  // Work space (32-bit words): [partial maxima | accumulators acc_o, acc_t (zeroed) |
+  // multipliers mul_o, mul_t].
+  const int64_t n_o = need_o ? numel_of(scale_shape(g, R, C)) : 0;
   const int64_t n_t = need_t ? out_t->scale.numel() : 0;
-  Tensor work;  // [acc_o | acc_t | mul_o | mul_t], 32-bit words
+  const int64_t words = grid1 + 2 * (n_o + n_t);
+  Tensor work;
   uint32_t *acc_o = nullptr, *acc_t = nullptr;
   float *mul_o = nullptr, *mul_t = nullptr;
-  if (n_o + n_t > 0) {
-    work = Tensor::empty({2 * (n_o + n_t)}, DType::f32, Device::cuda);
+  if (words > 0) {
+    work = Tensor::empty({words}, DType::f32, Device::cuda);
     uint32_t* w = work.data_as<uint32_t>();
-    acc_o = need_o ? w : nullptr;
-    acc_t = need_t ? w + n_o : nullptr;
-    mul_o = need_o ? reinterpret_cast<float*>(w + n_o + n_t) : nullptr;
-    mul_t = need_t ? reinterpret_cast<float*>(w + 2 * n_o + n_t) : nullptr;
-    CUDA_CHECK(cudaMemsetAsync(w, 0, static_cast<size_t>(n_o + n_t) * 4, stream));
+    p.partial = tensor ? w : nullptr;
+    p.n_partial = static_cast<int>(grid1);
+    acc_o = need_o ? w + grid1 : nullptr;
+    acc_t = need_t ? w + grid1 + n_o : nullptr;
+    mul_o = need_o ? reinterpret_cast<float*>(w + grid1 + n_o + n_t) : nullptr;
+    mul_t = need_t ? reinterpret_cast<float*>(w + grid1 + 2 * n_o + n_t) : nullptr;
+    if (n_o + n_t > 0) CUDA_CHECK(cudaMemsetAsync(w + grid1, 0, static_cast<size_t>(n_o + n_t) * 4, stream));
   }
-
-  Params p{};
-  p.x = src->data();
-  p.R = R, p.C = C, p.g = g;
-  if (fused) p.plan = hadamard_device_plan(hadamard_plan(C));
   p.acc_o = acc_o, p.acc_t = acc_t;
-  p.mul_o = mul_o, p.mul_t = mul_t;
-  p.stochastic = spec.stochastic, p.seed = spec.seed, p.stream = spec.stream;
-  const size_t rot_bytes = fused ? row_bytes : 0;
 
-  // Pass 1: absmax of every group.
-  if (spec.scaled) {
+  // Pass 1.
+  if (tensor && cfg.s) {
+    cfg.f32 ? launch(absmax_s_kernel<float>, grid1, s_smem<float>(), p)
+            : launch(absmax_s_kernel<uint16_t>, grid1, s_smem<uint16_t>(), p);
+  } else if (tensor) {
+    dispatch(cfg, [&](auto var) {
+      using Var = decltype(var);
+      launch(absmax_tensor_kernel<typename Var::In, Var::V, Var::kMode, Var::G, Var::kRegs>, grid1, row_bytes, p);
+    });
+  } else if (need_o || need_t) {
     const bool cross_rows = need_t || g == Granularity::block128x128;
     int tr = cross_rows ? 32 : 8;  // more rows per block: fewer atomics, but fewer blocks
     const int64_t want_blocks = 2 * static_cast<int64_t>(sm_count());
     while (tr > 1 && (R + tr - 1) / tr < want_blocks) tr /= 2;
     p.rows_per_block = tr;
-    const int64_t step = static_cast<int64_t>(kThreads) * V;
+    const int64_t step = static_cast<int64_t>(kThreads) * cfg.V;
     const size_t col_bytes = need_t ? static_cast<size_t>((C + step - 1) / step * step) * 4 : 0;
-    p.col_smem = rot_bytes + col_bytes + tile_bytes <= limit;  // else: global atomics per element
-    const size_t smem = rot_bytes + (p.col_smem ? col_bytes : 0) + tile_bytes;
+    p.col_smem = row_bytes + col_bytes + tile_bytes <= limit;  // else: global atomics per element
+    const size_t smem = row_bytes + (p.col_smem ? col_bytes : 0) + tile_bytes;
     HALO_CHECK(smem <= limit, "quantize: ", C, " columns need too much shared memory for 128x128 scales");
-    if (in_f32)
-      vec ? launch_absmax<float, 8>(p, fused, smem) : launch_absmax<float, 1>(p, fused, smem);
-    else
-      vec ? launch_absmax<uint16_t, 8>(p, fused, smem) : launch_absmax<uint16_t, 1>(p, fused, smem);
+    dispatch(cfg, [&](auto var) {
+      using Var = decltype(var);
+      launch(absmax_kernel<typename Var::In, Var::V, Var::kMode, Var::G>, (R + tr - 1) / tr, smem, p, row_floats);
+    });
   }
 
-  // Scales (and multipliers).
-  if (out) f.scale_o = out->scale.data_as<float>(), f.n_a = out->scale.numel();
-  if (need_o) f.acc_o = acc_o, f.mul_o = mul_o, f.n_a = n_o;
-  if (need_t) {
-    f.acc_t = acc_t, f.mul_t = mul_t, f.scale_t = out_t->scale.data_as<float>(), f.n_b = n_t;
-  } else if (out_t) {
-    f.scale_tr = out_t->scale.data_as<float>(), f.n_c = out_t->scale.numel();
+  // Scales and multipliers (per-tensor and per-row one pass: by the quantize kernel).
+  if (!tensor && !row_onepass) {
+    if (out) f.scale_o = out->scale.data_as<float>(), f.n_a = out->scale.numel();
+    if (need_o) f.acc_o = acc_o, f.mul_o = mul_o, f.n_a = n_o;
+    if (need_t) {
+      f.acc_t = acc_t, f.mul_t = mul_t, f.scale_t = out_t->scale.data_as<float>(), f.n_b = n_t;
+    } else if (out_t) {
+      f.scale_tr = out_t->scale.data_as<float>(), f.n_c = out_t->scale.numel();
+    }
+    finalize(f);
   }
-  finalize(f);
 
   // Pass 2: codes, then the transposed copy.
   Tensor tmp;  // row-major codes for the transposed copy when out's cannot serve
   if (out_t && !(same_codes && out)) tmp = Tensor::empty({R, C}, spec.dtype, Device::cuda);
   p.q_o = out ? out->data.data_as<uint8_t>() : (out_t && same_codes ? tmp.data_as<uint8_t>() : nullptr);
   p.q_t = need_t ? tmp.data_as<uint8_t>() : nullptr;
-  if (in_f32)
-    vec ? launch_quantize<float, 8>(p, spec.dtype, fused, rot_bytes)
-        : launch_quantize<float, 1>(p, spec.dtype, fused, rot_bytes);
-  else
-    vec ? launch_quantize<uint16_t, 8>(p, spec.dtype, fused, rot_bytes)
-        : launch_quantize<uint16_t, 1>(p, spec.dtype, fused, rot_bytes);
+  p.mul_o = mul_o, p.mul_t = mul_t;
+  p.row_max = row_onepass;
+  if (tensor) {
+    p.scale_o = out ? out->scale.data_as<float>() : nullptr;
+    p.scale_t = out_t ? out_t->scale.data_as<float>() : nullptr;
+  } else if (row_onepass) {
+    p.scale_o = out->scale.data_as<float>();
+  }
+  dispatch(cfg, [&](auto var) {
+    using Var = decltype(var);
+    using In = typename Var::In;
+    if constexpr (Var::kMode == kDirect && Var::V == 8) {  // four rows per block
+      auto kernel = spec.stochastic ? quad_quantize_kernel<In, false, true> : quad_quantize_kernel<In, false, false>;
+      launch(kernel, std::min(n_quads, resident_blocks(kernel, 0)), 0, p);
+    } else {
+      if (Var::kMode == kFast && cfg.s && !need_t) {  // the S rotation, out's groups only
+        auto kernel = spec.stochastic ? quad_quantize_kernel<In, true, true> : quad_quantize_kernel<In, true, false>;
+        launch(kernel, std::min(n_quads, resident_blocks(kernel, s_smem<In>())), s_smem<In>(), p);
+        return;
+      }
+      auto kernel = quantize_kernel<In, Var::V, Var::kMode, Var::G, Var::kRegs>;
+      launch(kernel, std::min(R, resident_blocks(kernel, row_bytes)), row_bytes, p);
+    }
+  });
   if (out_t) transpose_u8(same_codes ? p.q_o : p.q_t, out_t->data.data_as<uint8_t>(), R, C);
 }
 

@@ -367,12 +367,35 @@ std::vector<CheckResult> quantize_cuda_checks(bool full) {
         results.push_back(run_dequantize(in, s, f == DType::e4m3 ? DType::bf16 : DType::f32));
       }
   }
-  {
-    const Input in = make(64, 1024, DType::bf16, Fill::normal, ++seed);
+  // The fast fused rotation at the widths it is tuned for: 4096 (last pass in
+  // registers, one group of 16 per thread), 8192 (two groups), 14336 = 28 x 512
+  // (the K-mix, four groups). Unrotated rows and the 4096 rotation take the
+  // four-row kernels: R = 102 and 41 end with a partial group of rows (41 x 14336:
+  // rows longer than one chunk of the unrotated kernel). Each copy alone and both,
+  // every mode.
+  const Shape2 wide[] = {{102, 4096}, {24, 8192}, {41, 14336}};
+  for (const Shape2& sh : wide) {
+    for (DType in_dtype : {DType::bf16, DType::f32}) {
+      if (in_dtype == DType::f32 && sh.C != 4096) continue;
+      const Input in = make(sh.R, sh.C, in_dtype, Fill::normal, ++seed);
+      for (DType f : formats)
+        for (Granularity g : grans)
+          for (bool rotate : {false, true})
+            for (int copies = 0; copies < 3; ++copies) {
+              QuantSpec s;
+              s.dtype = f, s.granularity = g, s.stochastic = copies == 2 && g != Granularity::tensor, s.seed = seed;
+              results.push_back(run_case(in, s, rotate, copies != 1, copies != 0, Fill::normal, false));
+            }
+    }
+  }
+  // 64 x 1024: the one-row kernels; 36 x 4096: the four-row kernels (rotated and not).
+  for (const Shape2 sh : {Shape2{64, 1024}, Shape2{36, 4096}}) {
+    const Input in = make(sh.R, sh.C, DType::bf16, Fill::normal, ++seed);
     for (Granularity g : grans) {
       QuantSpec s;
       s.dtype = DType::e4m3, s.granularity = g, s.stochastic = g == Granularity::row, s.seed = 1;
       results.push_back(run_graph_capture(in, s, true));
+      if (sh.C == 4096 && g == Granularity::tensor) results.push_back(run_graph_capture(in, s, false));
     }
   }
   if (full) {
