@@ -145,6 +145,20 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   }
 }
 
+// The block's sum, in a fixed order, valid in thread 0. Called by all kBlock threads.
+template <int kBlock>
+__device__ double block_sum(double s) {
+  __shared__ double part[kBlock / 32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
+  __syncthreads();
+  double t = 0.0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kBlock / 32; ++w) t += part[w];
+  return t;
+}
+
 // Sum of squares of x[0, n) in f64, one partial per block in partial[0, gridDim.x);
 // block 0 zeroes the slots [gridDim.x, kNormBlocks) that no block uses.
 __global__ void __launch_bounds__(kThreads) sum_squares_kernel(const float* __restrict__ x, int64_t n, int64_t nv,
@@ -168,16 +182,8 @@ __global__ void __launch_bounds__(kThreads) sum_squares_kernel(const float* __re
     }
   }
   for (int64_t i = nv + tid; i < n; i += stride) s += static_cast<double>(x[i]) * x[i];
-  __shared__ double part[kThreads / 32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int w = 0; w < kThreads / 32; ++w) t += part[w];
-    partial[blockIdx.x] = t;
-  }
+  s = block_sum<kThreads>(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
 // out = sum of partial[0, count), in a fixed order, by one block.
@@ -185,16 +191,8 @@ __global__ void __launch_bounds__(kSumThreads) sum_partials_kernel(const double*
                                                                    int64_t count, float* __restrict__ out) {
   double s = 0.0;
   for (int64_t i = threadIdx.x; i < count; i += kSumThreads) s += partial[i];
-  __shared__ double part[kSumThreads / 32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int w = 0; w < kSumThreads / 32; ++w) t += part[w];
-    *out = static_cast<float>(t);
-  }
+  s = block_sum<kSumThreads>(s);
+  if (threadIdx.x == 0) *out = static_cast<float>(s);
 }
 
 __global__ void clip_coefficient_kernel(const float* norm_sq, float max_norm, float* out) {

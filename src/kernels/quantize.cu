@@ -489,6 +489,20 @@ constexpr int min_blocks() {
   return G == 1 ? 4 : 2;
 }
 
+// Per-tensor scale in pass 2: every block reduces pass 1's partial maxima to the
+// multiplier; block 0 also writes the scale. Called by all threads of the block.
+__device__ float tensor_multiplier(const Params& p, uint32_t* red) {
+  uint32_t a = 0;
+  for (int i = threadIdx.x; i < p.n_partial; i += kThreads) a = max(a, p.partial[i]);
+  a = block_max(a, red);
+  const float amax = __uint_as_float(a);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    if (p.scale_o) p.scale_o[0] = quant_scale(amax, p.qmax);
+    if (p.scale_t) p.scale_t[0] = quant_scale(amax, p.qmax);
+  }
+  return quant_multiplier(amax, p.qmax);
+}
+
 // Pass 1 of per-tensor scaling: the absmax of the whole (rotated) tensor, one
 // partial result per block. Persistent grid; rows (or, unrotated, 8-vectors of
 // the flat tensor) in ascending order over time.
@@ -715,18 +729,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<G>()) quantize_kernel(Par
   int64_t item = blockIdx.x, next = item + grid;
   if (kMode == kFast && item < R) fr.load(x + (R - 1 - item) * C, groups);
 
-  float m_all = 1.0f;  // unscaled; per-tensor: from pass 1's partial maxima
-  if (p.partial) {
-    uint32_t a = 0;
-    for (int i = t; i < p.n_partial; i += kThreads) a = max(a, p.partial[i]);
-    a = block_max(a, red);
-    const float amax = __uint_as_float(a);
-    m_all = quant_multiplier(amax, p.qmax);
-    if (blockIdx.x == 0 && t == 0) {
-      if (p.scale_o) p.scale_o[0] = quant_scale(amax, p.qmax);
-      if (p.scale_t) p.scale_t[0] = quant_scale(amax, p.qmax);
-    }
-  }
+  const float m_all = p.partial ? tensor_multiplier(p, red) : 1.0f;  // 1: unscaled
   const bool uniform = p.mul_o == nullptr;  // one multiplier for the row: m
 
   while (item < R) {
@@ -1026,18 +1029,7 @@ __global__ void __launch_bounds__(kThreads, kRot ? 2 : 3) quad_quantize_kernel(P
   const Granularity g = p.g;
   const int64_t grid = gridDim.x;
 
-  float m_all = 1.0f;  // unscaled; per-tensor: from pass 1's partial maxima
-  if (p.partial) {
-    uint32_t a = 0;
-    for (int i = t; i < p.n_partial; i += kThreads) a = max(a, p.partial[i]);
-    a = block_max(a, red);
-    const float amax = __uint_as_float(a);
-    m_all = quant_multiplier(amax, p.qmax);
-    if (blockIdx.x == 0 && t == 0) {
-      if (p.scale_o) p.scale_o[0] = quant_scale(amax, p.qmax);
-      if (p.scale_t) p.scale_t[0] = quant_scale(amax, p.qmax);
-    }
-  }
+  const float m_all = p.partial ? tensor_multiplier(p, red) : 1.0f;  // 1: unscaled
   const bool uniform = p.mul_o == nullptr;
 
   constexpr bool kPre = kRot && sizeof(In) == 2;
