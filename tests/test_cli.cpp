@@ -9,22 +9,8 @@
 
 namespace {
 
-struct Result {
-  int status;
-  std::string out;
-};
-
-// The program under test: the one built beside this test, or $HALO_BIN.
-Result run(const std::string& args) {
-  const char* bin = std::getenv("HALO_BIN");
-  const std::string cmd = std::string(bin ? bin : HALO_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int status = pclose(p);
-  return {WEXITSTATUS(status), out};
-}
+using Result = halo::testing::CommandResult;
+Result run(const std::string& args) { return halo::testing::run_halo(args); }
 
 double field(const std::string& line, const std::string& name) {
   std::smatch m;

@@ -173,11 +173,40 @@ TEST(Tensor, ConversionsAndErrors) {
   EXPECT_EQ(parse_dtype("e5m2"), DType::e5m2);
 }
 
+// Blocks of columns out of a fused [R, C] tensor and back, on the CPU; the same
+// on the GPU (bitwise: a copy) where there is one.
+TEST(Tensor, CopyColumns) {
+  const int64_t R = 7, C = 11;
+  for (Device dev : {Device::cpu, Device::cuda}) {
+    if (dev == Device::cuda && !cuda_available()) continue;
+    for (DType dt : {DType::f32, DType::bf16}) {
+      const Tensor src = testing::random_normal({R, C}, 2, 1.0f, dt);
+      Tensor part = Tensor::zeros({R, 4}, dt, dev);
+      copy_columns(src.to(dev), 3, part, 0, 4);
+      const auto s = src.to_floats(), p = part.to_floats();
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < 4; ++j) EXPECT_EQ(p[r * 4 + j], s[r * C + 3 + j]) << r << " " << j;
+      // Back into columns [5, 9) of a [R, 1, 9] tensor (leading dims flattened); the rest untouched.
+      Tensor dst = Tensor::zeros({R, 1, 9}, dt, dev);
+      copy_columns(part, 0, dst, 5, 4);
+      const auto d = dst.to_floats();
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < 9; ++j) EXPECT_EQ(d[r * 9 + j], j < 5 ? 0.0f : s[r * C + 3 + j - 5]);
+      EXPECT_THROW(copy_columns(src.to(dev), 8, part, 0, 4), Error);  // past the end
+      Tensor other_rows = Tensor::zeros({R + 1, 4}, dt, dev);
+      EXPECT_THROW(copy_columns(src.to(dev), 0, other_rows, 0, 4), Error);
+      Tensor other_dtype = Tensor::zeros({R, 4}, dt == DType::f32 ? DType::bf16 : DType::f32, dev);
+      EXPECT_THROW(copy_columns(src.to(dev), 0, other_dtype, 0, 4), Error);
+    }
+  }
+}
+
 TEST(Tensor, DeviceRoundTrip) {
   HALO_REQUIRE_CUDA();
   Tensor t = testing::random_normal({33, 17}, 1, 1.0f, DType::bf16);
   Tensor back = t.to(Device::cuda).to(Device::cpu);
   EXPECT_EQ(back.to_floats(), t.to_floats());
+  EXPECT_FALSE(Tensor().to(Device::cuda).defined());  // e.g. a Batch without doc_ids
   const auto before = device_memory_stats().in_use;
   { Tensor g = Tensor::zeros({1024}, DType::f32, Device::cuda); }
   EXPECT_EQ(device_memory_stats().in_use, before);

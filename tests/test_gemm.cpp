@@ -360,6 +360,154 @@ TEST(Gemm, EmptyOutputIsANoOp) {
   EXPECT_EQ(d.numel(), 0);
 }
 
+// ---- odd shapes: the padding the CUDA 8-bit path applies -----------------------------
+
+TEST(GemmPadding, CudaPaddedDims) {
+  using detail::cuda_padded_dims;
+  const detail::GemmDims g{100, 37, 100};
+  const auto is = [](const detail::GemmDims& p, int64_t M, int64_t N, int64_t K) {
+    return p.M == M && p.N == N && p.K == K;
+  };
+  // INT8: K only (its i32 output takes any N).
+  EXPECT_TRUE(is(cuda_padded_dims(g, DType::i8, DType::i32, false), 100, 37, 112));
+  // FP8: K, and N to whole 16-byte rows of D (8 bf16, 4 f32); blocks: M and N to 8.
+  EXPECT_TRUE(is(cuda_padded_dims(g, DType::e4m3, DType::bf16, false), 100, 40, 112));
+  EXPECT_TRUE(is(cuda_padded_dims(g, DType::e4m3, DType::f32, false), 100, 40, 112));
+  EXPECT_TRUE(is(cuda_padded_dims({100, 20, 64}, DType::e4m3, DType::f32, false), 100, 20, 64));
+  EXPECT_TRUE(is(cuda_padded_dims({100, 20, 64}, DType::e5m2, DType::bf16, false), 100, 24, 64));
+  EXPECT_TRUE(is(cuda_padded_dims({100, 20, 64}, DType::e4m3, DType::f32, true), 104, 24, 64));
+  // Aligned shapes stay as they are (the direct path), and padding is idempotent.
+  EXPECT_TRUE(is(cuda_padded_dims({64, 48, 256}, DType::e4m3, DType::bf16, true), 64, 48, 256));
+  for (int64_t M = 1; M < 40; M += 3)
+    for (int64_t K = 1; K < 300; K += 7) {
+      const detail::GemmDims p = cuda_padded_dims({M, M + 5, K}, DType::e4m3, DType::bf16, true);
+      EXPECT_TRUE(is(cuda_padded_dims(p, DType::e4m3, DType::bf16, true), p.M, p.N, p.K));
+      // The block counts along K and along the rows do not change (the scales stay valid).
+      EXPECT_EQ((p.K + 127) / 128, (K + 127) / 128);
+      EXPECT_EQ((p.M + 127) / 128, (M + 127) / 128);
+    }
+}
+
+// Every real element of the padded operand keeps its scale; padding rows and pad4
+// slots read 1 (never a source padding entry: those are NaN here).
+TEST(GemmPadding, RelayoutKeepsEveryElementsScale) {
+  struct Move {
+    Granularity from, to;
+  };
+  using G = Granularity;
+  const Move moves[] = {{G::tensor, G::tensor},         {G::tensor, G::row},
+                        {G::row, G::row},               {G::tensor, G::block1x128},
+                        {G::row, G::block1x128},        {G::block1x128, G::block1x128},
+                        {G::block128x128, G::block1x128}, {G::block128x128, G::block128x128}};
+  const int64_t shapes[][4] = {{100, 104, 100, 112}, {37, 40, 300, 304}, {129, 136, 256, 256}, {5, 5, 40, 40}};
+  uint64_t seed = 400;
+  for (const Move& m : moves)
+    for (const auto& sh : shapes) {
+      const int64_t R = sh[0], Rp = sh[1], C = sh[2], Cp = sh[3];
+      const Tensor src = random_scales(m.from, R, C, ++seed);
+      const Tensor dst = detail::relayout_scales(src, m.from, m.to, R, Rp, C);
+      const std::string what = std::string(granularity_name(m.from)) + " -> " +
+                               std::string(granularity_name(m.to)) + " " + std::to_string(R) + "x" +
+                               std::to_string(C);
+      ASSERT_EQ(dst.shape(), scale_shape(m.to, Rp, Cp)) << what;
+      const float* d = dst.data_as<float>();
+      const float* s0 = src.data_as<float>();
+      for (int64_t i = 0; i < dst.numel(); ++i) ASSERT_FALSE(std::isnan(d[i])) << what << " entry " << i;
+      for (int64_t r = 0; r < Rp; ++r)
+        for (int64_t c = 0; c < Cp; ++c) {
+          const float got = d[scale_index(m.to, r, c, Rp, Cp)];
+          if (r < R && c < C) {
+            ASSERT_EQ(got, s0[scale_index(m.from, r, c, R, C)]) << what << " at " << r << ", " << c;
+          } else if (r >= R && (m.to == Granularity::row || m.to == Granularity::block1x128)) {
+            ASSERT_EQ(got, 1.0f) << what << " padding row " << r;
+          }
+        }
+    }
+}
+
+// The padded product (what CUDA runs for odd shapes) equals the direct one, on the CPU:
+// zero-padded operands, re-laid-out scales, padded bias, D copied in and back.
+TEST(GemmPadding, PaddedProductEqualsDirect) {
+  struct Kind {
+    DType dt;
+    Granularity g;
+  };
+  const Kind kinds[] = {{DType::i8, Granularity::tensor},       {DType::i8, Granularity::row},
+                        {DType::e4m3, Granularity::tensor},     {DType::e4m3, Granularity::row},
+                        {DType::e4m3, Granularity::block1x128}, {DType::e4m3, Granularity::block128x128}};
+  const int64_t shapes[][3] = {{100, 64, 100}, {37, 20, 300}, {64, 48, 256}};
+  uint64_t seed = 500;
+  for (const Kind& k : kinds)
+    for (const auto& sh : shapes)
+      for (const Variant& v : kVariants)
+        for (DType out : {DType::f32, DType::bf16}) {
+          const int64_t M = sh[0], N = sh[1], K = sh[2];
+          const QTensor a = random_q(k.dt, k.g, M, K, ++seed), b = random_q(k.dt, k.g, N, K, ++seed);
+          Outputs s = make_setup(out, M, N, v.alpha, v.accumulate, v.bias ? DType::bf16 : DType::i32, ++seed);
+          Tensor direct = start_d(s, out, M, N), padded = start_d(s, out, M, N);
+          gemm_nt(a, b, direct, s.opt);
+          const detail::GemmOperand A{&a.data, &a.scale, a.granularity, false};
+          const detail::GemmOperand B{&b.data, &b.scale, b.granularity, true};
+          const bool block = k.g == Granularity::block1x128 || k.g == Granularity::block128x128;
+          detail::GemmDims p = detail::cuda_padded_dims({M, N, K}, k.dt, out, block);
+          p.M += 8, p.N += 8;  // pad every dimension, also where CUDA would not need it
+          detail::gemm_padded(A, B, padded, s.opt, p);
+          std::vector<double> ref(static_cast<size_t>(M * N));
+          for (int64_t i = 0; i < M * N; ++i) ref[i] = value(direct, i);
+          EXPECT_LT(rel_error(padded, ref), out == DType::f32 ? 1e-6 : 4e-3)
+              << dtype_name(k.dt) << " " << granularity_name(k.g) << " " << M << "x" << N << "x" << K << " "
+              << label(v, out);
+        }
+}
+
+// On the GPU: the shapes cuBLASLt has no kernel for (K % 16 != 0, M and N % 8 != 0
+// with block scales, FP8 rows of D that are not whole 16-byte units) run padded and
+// match float64. K = 100 and M = 100 are a 100-token layer's dW and Y.
+TEST(GemmCuda, OddShapesMatchFloat64) {
+  HALO_REQUIRE_CUDA();
+  struct Kind {
+    DType dt;
+    Granularity ga, gb;
+  };
+  const Kind kinds[] = {{DType::i8, Granularity::tensor, Granularity::tensor},
+                        {DType::i8, Granularity::row, Granularity::row},
+                        {DType::e4m3, Granularity::tensor, Granularity::tensor},
+                        {DType::e4m3, Granularity::row, Granularity::row},
+                        {DType::e4m3, Granularity::block1x128, Granularity::block1x128},
+                        {DType::e4m3, Granularity::block128x128, Granularity::block128x128},
+                        {DType::e4m3, Granularity::block1x128, Granularity::block128x128}};
+  const int64_t shapes[][3] = {{64, 112, 100}, {100, 64, 112}, {100, 100, 100}, {37, 20, 300}};
+  uint64_t seed = 600;
+  for (const Kind& k : kinds)
+    for (const auto& sh : shapes)
+      for (const Variant& v : kVariants)
+        for (DType out : {DType::f32, DType::bf16}) {
+          const int64_t M = sh[0], N = sh[1], K = sh[2];
+          const QTensor a = random_q(k.dt, k.ga, M, K, ++seed), b = random_q(k.dt, k.gb, N, K, ++seed);
+          Outputs s = make_setup(out, M, N, v.alpha, v.accumulate, v.bias ? DType::bf16 : DType::i32, ++seed);
+          const std::vector<double> ref = reference(a.data, &a, b.data, &b, s.opt, &s.d0);
+          const auto dev = [](const QTensor& q) {
+            return QTensor{q.data.to(Device::cuda), q.scale.to(Device::cuda), q.granularity};
+          };
+          Tensor d = start_d(s, out, M, N).to(Device::cuda);
+          const Tensor bias = s.opt.bias ? s.bias.to(Device::cuda) : Tensor();
+          GemmOptions opt = s.opt;
+          if (opt.bias) opt.bias = &bias;
+          const std::string what = std::string(dtype_name(k.dt)) + " " + std::string(granularity_name(k.ga)) + " x " +
+                                   std::string(granularity_name(k.gb)) + " " + std::to_string(M) + "x" +
+                                   std::to_string(N) + "x" + std::to_string(K) + " " + label(v, out);
+          try {
+            gemm_nt(dev(a), dev(b), d, opt);
+          } catch (const Error& e) {
+            ADD_FAILURE() << what << ": " << e.what();
+            continue;
+          }
+          // FP8 with f32 output: Hopper's tensor cores keep ~14 bits inside an MMA (gemm_check.cpp).
+          const double tol = out == DType::bf16 ? 4e-3 : k.dt == DType::i8 ? 1e-6 : 5e-4;
+          EXPECT_LT(rel_error(d.to(Device::cpu), ref), tol) << what;
+        }
+}
+
 TEST(GemmCuda, MatchesCpu) {
   HALO_REQUIRE_CUDA();
   const auto results = gemm_cuda_checks(false);

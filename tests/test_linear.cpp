@@ -4,6 +4,7 @@
 #include "halo/linear.h"
 #include "halo/recipe.h"
 #include "kernels/hadamard.h"
+#include "kernels/selfcheck.h"
 #include "testing.h"
 
 namespace halo {
@@ -230,6 +231,16 @@ TEST(HaloLinear, WeightIsQuantizedOncePerUpdate) {
   layer.weight_updated();
   EXPECT_LT(rel(layer.forward(x, nullptr), [&] { Mat m = to_mat(y1); for (double& v : m) v *= 2; return m; }()),
             1e-2);
+}
+
+// The CUDA layer against the CPU one per recipe (linear_check.cpp), including a
+// 100-token, 112-wide case whose 8-bit GEMMs run padded (K = 100 in dW, M = 100 in Y).
+TEST(HaloLinearCuda, MatchesCpu) {
+  HALO_REQUIRE_CUDA();
+  const auto results = linear_cuda_checks(false);
+  EXPECT_FALSE(results.empty());
+  for (const CheckResult& r : results)
+    EXPECT_TRUE(r.ok) << r.name << ": error " << r.error << " (tolerance " << r.tolerance << ") " << r.detail;
 }
 
 }  // namespace

@@ -234,6 +234,46 @@ TEST(SwiGlu, BackwardMatchesFiniteDifferences) {
   EXPECT_THROW(swiglu_forward(g, u, bad), Error);
 }
 
+// The fused gate|up layout gives exactly the separate form's values, in place too.
+TEST(SwiGlu, FusedLayoutMatchesSeparateForm) {
+  const int64_t rows = 5, F = 13;
+  const Tensor gu = random_normal({rows, 2 * F}, 25, 2.0f), dh = random_normal({rows, F}, 26);
+  Tensor g = Tensor::empty({rows, F}, DType::f32), u = Tensor::empty({rows, F}, DType::f32);
+  copy_columns(gu, 0, g, 0, F);
+  copy_columns(gu, F, u, 0, F);
+  Tensor h = Tensor::empty({rows, F}, DType::f32), hf = Tensor::empty({rows, F}, DType::f32);
+  swiglu_forward(g, u, h);
+  swiglu_forward_fused(gu, hf);
+  EXPECT_EQ(hf.to_floats(), h.to_floats());
+  for (float v : hf.to_floats()) EXPECT_NE(v, 0.0f);
+
+  Tensor dg = Tensor::empty({rows, F}, DType::f32), du = Tensor::empty({rows, F}, DType::f32);
+  swiglu_backward(dh, g, u, dg, du);
+  Tensor dgu = Tensor::empty({rows, 2 * F}, DType::f32), joined = Tensor::empty({rows, 2 * F}, DType::f32);
+  swiglu_backward_fused(dh, gu, dgu);
+  copy_columns(dg, 0, joined, 0, F);
+  copy_columns(du, 0, joined, F, F);
+  EXPECT_EQ(dgu.to_floats(), joined.to_floats());
+  Tensor in_place = clone(gu).view({1, rows, 2 * F});  // leading dims flattened
+  swiglu_backward_fused(dh, in_place, in_place);
+  EXPECT_EQ(in_place.to_floats(), joined.to_floats());
+
+  // bf16: the f32 results rounded.
+  Tensor hb = Tensor::empty({rows, F}, DType::bf16), dgub = Tensor::empty({rows, 2 * F}, DType::bf16);
+  const Tensor gub = gu.to(DType::bf16), dhb = dh.to(DType::bf16);
+  swiglu_forward_fused(gub, hb);
+  swiglu_backward_fused(dhb, gub, dgub);
+  swiglu_forward_fused(gub.to(DType::f32), hf);
+  swiglu_backward_fused(dhb.to(DType::f32), gub.to(DType::f32), dgu);
+  EXPECT_EQ(hb.to_floats(), hf.to(DType::bf16).to_floats());
+  EXPECT_EQ(dgub.to_floats(), dgu.to(DType::bf16).to_floats());
+
+  Tensor bad = Tensor::empty({rows, F + 1}, DType::f32);
+  EXPECT_THROW(swiglu_forward_fused(gu, bad), Error);
+  EXPECT_THROW(swiglu_backward_fused(dh, gu, bad), Error);
+  EXPECT_THROW(swiglu_forward_fused(Tensor::empty({rows, 2 * F + 1}, DType::f32), h), Error);
+}
+
 // ---- Embedding ----------------------------------------------------------------
 
 Tensor ids_of(const std::vector<int32_t>& v) {

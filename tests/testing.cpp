@@ -1,5 +1,10 @@
 #include "testing.h"
 
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+
 #include "core/rng.h"
 
 namespace halo::testing {
@@ -26,5 +31,22 @@ Tensor with_outlier_columns(const Tensor& x, int count, uint64_t seed) {
   }
   return y.to(x.dtype());
 }
+
+std::string halo_bin() {
+  const char* bin = std::getenv("HALO_BIN");
+  return bin ? bin : HALO_BIN;
+}
+
+CommandResult run_command(const std::string& command) {
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (!p) return {-1, "popen failed: " + command};
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+CommandResult run_halo(const std::string& args) { return run_command(halo_bin() + " " + args); }
 
 }  // namespace halo::testing

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/allocator.h"
@@ -18,6 +19,18 @@ Tensor random_normal(const Shape& shape, uint64_t seed, float stddev = 1.0f,
 // Like a pretrained model's activations: normal values, with `count` columns
 // multiplied by factors between 50 and 100.
 Tensor with_outlier_columns(const Tensor& x, int count, uint64_t seed);
+
+// The program under test: $HALO_BIN, or the one built beside the tests.
+std::string halo_bin();
+
+struct CommandResult {
+  int status;       // the exit status
+  std::string out;  // stdout and stderr together
+};
+// Runs `sh -c command` and collects its output.
+CommandResult run_command(const std::string& command);
+// Runs `halo ARGS` (the program under test).
+CommandResult run_halo(const std::string& args);
 
 }  // namespace halo::testing
 

@@ -108,6 +108,7 @@ void reset_peak_device_memory() {
 
 void empty_device_cache() {
 #ifdef HALO_HAS_CUDA
+  if (!cuda_available()) return;  // nothing can have been cached
   auto& cache = device_cache();
   std::lock_guard lock(cache.mutex);
   CUDA_CHECK(cudaDeviceSynchronize());

@@ -99,7 +99,7 @@ Tensor Tensor::as_2d() const {
 }
 
 Tensor Tensor::to(Device device) const {
-  if (device == this->device()) return *this;
+  if (!defined() || device == this->device()) return *this;  // an undefined tensor stays undefined
   Tensor t = empty(shape_, dtype_, device);
   t.copy_from(*this);
   return t;
@@ -193,6 +193,34 @@ void check_dtype(const Tensor& t, DType expected, const char* what) {
 void check_same_device(const Tensor& a, const Tensor& b, const char* what) {
   HALO_CHECK(a.device() == b.device(), what, ": tensors on different devices: ", a.describe(),
              " and ", b.describe());
+}
+
+void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col, int64_t cols) {
+  HALO_CHECK(src.defined() && dst.defined() && src.ndim() >= 1 && dst.ndim() >= 1,
+             "copy_columns: undefined or scalar tensor");
+  const int64_t sc = src.size(-1), dc = dst.size(-1);
+  const int64_t rows = sc ? src.numel() / sc : 0;
+  HALO_CHECK(src.dtype() == dst.dtype(), "copy_columns: dtypes differ: ", src.describe(), " into ", dst.describe());
+  HALO_CHECK((dc ? dst.numel() / dc : 0) == rows, "copy_columns: row counts differ: ", src.describe(), " into ",
+             dst.describe());
+  HALO_CHECK(cols >= 0 && src_col >= 0 && dst_col >= 0 && src_col + cols <= sc && dst_col + cols <= dc,
+             "copy_columns: columns [", src_col, ", ", src_col + cols, ") of ", src.describe(), " into [", dst_col,
+             ", ", dst_col + cols, ") of ", dst.describe(), " out of range");
+  check_same_device(src, dst, "copy_columns");
+  if (rows == 0 || cols == 0) return;
+  const size_t es = dtype_size(src.dtype());
+  const char* s = static_cast<const char*>(src.data()) + src_col * es;
+  char* d = static_cast<char*>(dst.data()) + dst_col * es;
+  if (!src.is_cuda()) {
+#pragma omp parallel for schedule(static) if (rows * cols * static_cast<int64_t>(es) > (1 << 20))
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(d + r * dc * es, s + r * sc * es, cols * es);
+    return;
+  }
+#ifdef HALO_HAS_CUDA
+  CUDA_CHECK(cudaMemcpy2DAsync(d, dc * es, s, sc * es, cols * es, rows, cudaMemcpyDeviceToDevice, current_stream()));
+#else
+  HALO_FAIL("this build of halo has no CUDA support");
+#endif
 }
 
 void device_synchronize() {

@@ -60,7 +60,7 @@ class Tensor {
   // Flattened to 2-D: all leading dims times the last one.
   Tensor as_2d() const;
 
-  Tensor to(Device device) const;  // copy (or this tensor if already there)
+  Tensor to(Device device) const;  // copy (or this tensor if already there, or undefined)
   Tensor to(DType dtype) const;    // host-side conversion (host tensors only)
   void copy_from(const Tensor& src);  // same dtype and element count, any devices
   void fill_zero();
@@ -83,6 +83,13 @@ void store_float(void* data, DType dtype, int64_t i, float value);
 void check_shape(const Tensor& t, const Shape& expected, const char* what);
 void check_dtype(const Tensor& t, DType expected, const char* what);
 void check_same_device(const Tensor& a, const Tensor& b, const char* what);
+
+// dst[:, dst_col + j] = src[:, src_col + j] for j < cols: a block of columns
+// of one 2-D tensor (leading dims flattened, [R, C]) into a block of columns
+// of another with the same rows and dtype, e.g. q, k and v out of a fused
+// [R, (Hq + 2 Hkv) D] projection and back. Both on one device; CPU: a memcpy
+// per row; CUDA: one cudaMemcpy2DAsync on current_stream() (no host sync).
+void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col, int64_t cols);
 
 void device_synchronize();  // waits for the GPU (no-op without CUDA)
 

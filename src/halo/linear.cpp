@@ -35,11 +35,18 @@ Shape with_last(Shape s, int64_t last) {
 }  // namespace
 
 HaloLinear::HaloLinear(int64_t in_features, int64_t out_features, bool has_bias, const Recipe& recipe,
-                       Device device, DType dtype, uint64_t seed)
+                       Device device, DType dtype, uint64_t seed, bool init)
     : in_(in_features), out_(out_features), recipe_(recipe), dtype_(dtype), seed_(seed) {
   HALO_CHECK(in_ > 0 && out_ > 0, "HaloLinear: bad size ", in_, " -> ", out_);
   HALO_CHECK(dtype == DType::f32 || dtype == DType::bf16, "HaloLinear: dtype must be f32 or bf16, got ",
              dtype_name(dtype));
+  grad_w_ = Tensor::zeros({out_, in_}, DType::f32, device);
+  if (has_bias) grad_b_ = Tensor::zeros({out_}, DType::f32, device);
+  if (!init) {
+    weight = Tensor::empty({out_, in_}, dtype, device);
+    if (has_bias) bias = Tensor::empty({out_}, dtype, device);
+    return;
+  }
   // Kaiming-uniform-like init with the counter-based RNG: same weights on every device.
   Tensor w = Tensor::empty({out_, in_}, dtype);
   const float bound = 1.0f / std::sqrt(static_cast<float>(in_));
@@ -51,8 +58,6 @@ HaloLinear::HaloLinear(int64_t in_features, int64_t out_features, bool has_bias,
     for (int64_t i = 0; i < out_; ++i) store_float(b.data(), dtype, i, bound * (2.0f * uniform01(seed, 1, i) - 1.0f));
     bias = b.to(device);
   }
-  grad_w_ = Tensor::zeros({out_, in_}, DType::f32, device);
-  if (has_bias) grad_b_ = Tensor::zeros({out_}, DType::f32, device);
 }
 
 void HaloLinear::zero_grad() {

@@ -28,8 +28,11 @@ struct LinearSaved {
 class HaloLinear {
  public:
   // dtype: of the weight and of activations (f32 or bf16; bf16 on the GPU).
+  // init: a uniform(+-1/sqrt(in)) weight and bias from `seed` (a slow host
+  // loop); false leaves them allocated, unset (a model then loads or
+  // initializes them itself). seed also drives stochastic rounding.
   HaloLinear(int64_t in_features, int64_t out_features, bool has_bias, const Recipe& recipe,
-             Device device, DType dtype, uint64_t seed = 0);
+             Device device, DType dtype, uint64_t seed = 0, bool init = true);
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

@@ -262,6 +262,39 @@ void validate_scale_i32(const Tensor& acc, const QTensor& a, const QTensor& b, c
 }  // namespace
 
 namespace detail {
+
+GemmDims cuda_padded_dims(const GemmDims& g, DType operand, DType out, bool block_scaled) {
+  const auto round_up = [](int64_t n, int64_t m) { return (n + m - 1) / m * m; };
+  GemmDims p = g;
+  p.K = round_up(g.K, 16);
+  if (is_fp8(operand)) p.N = round_up(g.N, 16 / static_cast<int64_t>(dtype_size(out)));
+  if (block_scaled) {
+    p.M = round_up(p.M, 8);
+    p.N = round_up(p.N, 8);
+  }
+  return p;
+}
+
+Tensor relayout_scales(const Tensor& scale, Granularity from, Granularity to, int64_t rows_from,
+                       int64_t rows_to, int64_t cols) {
+  Tensor out = Tensor::empty(scale_shape(to, rows_to, cols), DType::f32, scale.device());
+  if (scale.is_cuda()) {
+#ifdef HALO_HAS_CUDA
+    relayout_scales_cuda(scale, from, to, rows_from, rows_to, cols, out);
+    return out;
+#else
+    HALO_FAIL("relayout_scales: this build of halo has no CUDA support");
+#endif
+  }
+  const float* src = scale.data_as<float>();
+  float* dst = out.data_as<float>();
+  for (int64_t e = 0; e < out.numel(); ++e) {
+    const int64_t i = scale_source(from, to, e, rows_from, rows_to, cols);
+    dst[e] = i >= 0 ? src[i] : 1.0f;
+  }
+  return out;
+}
+
 GemmDims gemm_dims(const GemmOperand& a, const GemmOperand& b) {
   GemmDims g;
   g.M = a.trans ? a.data->size(1) : a.data->size(0);
@@ -290,6 +323,63 @@ std::string describe(const GemmOperand& a, const GemmOperand& b, const Tensor& d
   os << ")";
   return os.str();
 }
+
+namespace {
+// x [R, C] in the top-left corner of a zeroed [rows, cols] tensor (x itself when it fits).
+Tensor pad_data(const Tensor& x, int64_t rows, int64_t cols) {
+  if (x.size(0) == rows && x.size(1) == cols) return x;
+  Tensor p = Tensor::zeros({rows, cols}, x.dtype(), x.device());
+  Tensor top = p.rows(0, x.size(0));
+  copy_columns(x, 0, top, 0, x.size(1));
+  return p;
+}
+
+// The scales of op for its operand padded to `rows` rows (and K columns rounded up,
+// which changes no layout: see cuda_padded_dims). Only row and 1x128 layouts depend
+// on the row count beyond ceil(rows / 128).
+Tensor pad_scales(const GemmOperand& op, int64_t rows) {
+  const int64_t R = op.data->size(0), C = op.data->size(1);
+  const Granularity g = op.granularity;
+  if (rows == R || g == Granularity::tensor || g == Granularity::block128x128) return *op.scale;
+  return relayout_scales(*op.scale, g, g, R, rows, C);
+}
+}  // namespace
+
+void gemm_padded(const GemmOperand& a, const GemmOperand& b, Tensor& d, const GemmOptions& opt,
+                 const GemmDims& p) {
+  const auto [M, N, K] = gemm_dims(a, b);
+  HALO_CHECK(!a.trans && b.trans && p.M >= M && p.N >= N && p.K >= K, describe(a, b, d, opt),
+             ": cannot pad to ", p.M, "x", p.N, "x", p.K);
+  const Tensor a_data = pad_data(*a.data, p.M, p.K), b_data = pad_data(*b.data, p.N, p.K);
+  Tensor a_scale, b_scale;
+  GemmOperand pa{&a_data, nullptr, a.granularity, false}, pb{&b_data, nullptr, b.granularity, true};
+  if (a.scale) {
+    a_scale = pad_scales(a, p.M);
+    b_scale = pad_scales(b, p.N);
+    pa.scale = &a_scale;
+    pb.scale = &b_scale;
+  }
+  GemmOptions popt = opt;
+  Tensor bias;
+  if (opt.bias && p.N != N) {
+    bias = Tensor::zeros({p.N}, opt.bias->dtype(), opt.bias->device());
+    bias.rows(0, N).copy_from(*opt.bias);
+    popt.bias = &bias;
+  }
+  if (p.M == M && p.N == N) {  // only K padded: D as it is
+    gemm_dispatch(pa, pb, d, popt);
+    return;
+  }
+  Tensor dp = Tensor::empty({p.M, p.N}, d.dtype(), d.device());
+  Tensor dp_top = dp.rows(0, M);
+  if (opt.accumulate) {  // D's values in the valid block, zeros (not garbage) around it
+    dp.fill_zero();
+    copy_columns(d, 0, dp_top, 0, N);
+  }
+  gemm_dispatch(pa, pb, dp, popt);
+  copy_columns(dp_top, 0, d, 0, N);
+}
+
 }  // namespace detail
 
 void gemm_nt(const Tensor& a, const Tensor& b, Tensor& d, const GemmOptions& opt) {

@@ -28,9 +28,15 @@
 //   SCALAR x SCALAR, OUTER_VEC x OUTER_VEC, and for blocks VEC128 x VEC128,
 //   VEC128 x BLK128x128, BLK128x128 x VEC128 -- not BLK128x128 x BLK128x128.
 // Other mixes are made runnable by expanding one operand's scales on the device
-// (expand_scales_kernel): tensor -> row, and tensor/row/128x128 -> 1x128 (a 128x128
+// (relayout_scales_kernel): tensor -> row, and tensor/row/128x128 -> 1x128 (a 128x128
 // tile's scale repeated for each of its rows is the same 1x128 scaling). Our B (the
 // weight, cuBLASLt A) keeps a 128x128 layout; our A is expanded when needed.
+//
+// Odd shapes. cuBLASLt's FP8 and IMMA kernels read 16-byte rows (A and B: K % 16; FP8
+// also D: N * sizeof(D) % 16) and its block-scaled FP8 kernels need M, N % 8 == 0. Such
+// products go through detail::gemm_padded (gemm.cpp) at detail::cuda_padded_dims: zero
+// padded copies of the operands, scales re-laid out for the padded rows (padding rows
+// get scale 1), a padded D and bias; the padded call comes back to gemm_cuda aligned.
 //
 // Plans (descriptor, layouts, heuristic algorithm) are cached per device and per
 // (shapes, dtypes, scale modes, bias, accumulate, pointer alignments), so a repeated
@@ -169,19 +175,15 @@ __global__ void add_bias_kernel(Out* out, const void* bias, bool bias_bf16, int6
     out[e] = from_f32<Out>(to_f32(out[e]) + load_bias(bias, bias_bf16, e % N));
 }
 
-// Rewrites the scales of an [R, C] operand (granularity g) in a finer layout:
-// to_block: 1x128 ([ceil(C/128), pad4(R)], padding set to 1); else: row ([R]).
-__global__ void expand_scales_kernel(const float* __restrict__ src, Granularity g, int64_t R,
-                                     int64_t C, float* __restrict__ dst, int64_t n, bool to_block) {
-  const int64_t ld = pad4(R);
+// Rewrites scales in another layout (finer, and/or for an operand padded to more rows):
+// entry e of dst from detail::scale_source, 1 where no real element uses it.
+__global__ void relayout_scales_kernel(const float* __restrict__ src, Granularity from,
+                                       Granularity to, int64_t rows_from, int64_t rows_to,
+                                       int64_t cols, float* __restrict__ dst, int64_t n) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    if (to_block) {
-      const int64_t kb = e / ld, r = e - kb * ld;
-      dst[e] = r < R ? src[scale_index(g, r, kb * 128, R, C)] : 1.0f;
-    } else {
-      dst[e] = src[scale_index(g, e, 0, R, C)];
-    }
+    const int64_t i = detail::scale_source(from, to, e, rows_from, rows_to, cols);
+    dst[e] = i >= 0 ? src[i] : 1.0f;
   }
 }
 
@@ -506,14 +508,7 @@ bool is_block(Granularity g) {
 // The scales of an [R, C] operand rewritten on the device in the `target` layout.
 Tensor expand_scales(const detail::GemmOperand& op, Granularity target) {
   const int64_t R = op.data->size(0), C = op.data->size(1);
-  const bool to_block = target == Granularity::block1x128;
-  Tensor out = to_block ? Tensor::empty({(C + 127) / 128, pad4(R)}, DType::f32, Device::cuda)
-                        : Tensor::empty({R}, DType::f32, Device::cuda);
-  const int64_t n = out.numel();
-  expand_scales_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
-      op.scale->data_as<float>(), op.granularity, R, C, out.data_as<float>(), n, to_block);
-  CUDA_CHECK_LAUNCH();
-  return out;
+  return detail::relayout_scales(*op.scale, op.granularity, target, R, R, C);
 }
 
 void launch_scale_i32(const Tensor& acc, const detail::GemmOperand& a,
@@ -586,13 +581,26 @@ void gemm_cuda(const GemmOperand& a, const GemmOperand& b, Tensor& d, const Gemm
   c.user_d = &d;
   c.user_opt = &opt;
 
+  const bool block = scaled && (is_block(a.granularity) || is_block(b.granularity));
   if (is_8bit(at)) {
     HALO_CHECK(!a.trans && b.trans, c.what(), ": 8-bit operands on CUDA only in the NT form "
                "(both K-major; Hopper's FP8/INT8 kernels take no other): use gemm_nt");
-    HALO_CHECK(K % 16 == 0, c.what(), ": 8-bit operands on CUDA need K % 16 == 0 (cuBLASLt's FP8 "
-               "and INT8 kernels read 16-byte rows); K = ", K, ". Pad K with zeros");
     HALO_CHECK(aligned16(c.a) && aligned16(c.b), c.what(),
                ": 8-bit operands on CUDA need 16-byte aligned data pointers");
+    HALO_CHECK(!(at == DType::i8 && block), c.what(),
+               ": INT8 with block scales runs on the CPU only (the scales must be applied inside "
+               "the sum over K; cuBLASLt has no block-scaled INT8 kernels): use fp8 or tensor/row "
+               "scales");
+    if (block)
+      HALO_CHECK(cublaslt_version() >= 120900, c.what(), ": FP8 block scaling needs cuBLASLt >= "
+                 "12.9, this one is ", cublaslt_version());
+    // Shapes cuBLASLt has no kernel for run padded (gemm.h); the padded call comes back
+    // here with an aligned shape.
+    const GemmDims p = cuda_padded_dims({M, N, K}, at, d.dtype(), block);
+    if (p.M != M || p.N != N || p.K != K) {
+      gemm_padded(a, b, d, opt, p);
+      return;
+    }
   }
 
   if (at == DType::i8) {
@@ -600,10 +608,6 @@ void gemm_cuda(const GemmOperand& a, const GemmOperand& b, Tensor& d, const Gemm
       lt_matmul(c);
       return;
     }
-    HALO_CHECK(!is_block(a.granularity) && !is_block(b.granularity), c.what(),
-               ": INT8 with block scales runs on the CPU only (the scales must be applied inside "
-               "the sum over K; cuBLASLt has no block-scaled INT8 kernels): use fp8 or tensor/row "
-               "scales");
     Tensor acc = Tensor::empty({M, N}, DType::i32, Device::cuda);
     LtCall raw = c;
     raw.d = acc.data();
@@ -620,13 +624,6 @@ void gemm_cuda(const GemmOperand& a, const GemmOperand& b, Tensor& d, const Gemm
     HALO_CHECK(aligned16(a.scale->data()) && aligned16(b.scale->data()), c.what(),
                ": cuBLASLt needs 16-byte aligned scale pointers (FP8 returns NOT_SUPPORTED "
                "otherwise)");
-    if (is_block(a.granularity) || is_block(b.granularity)) {
-      HALO_CHECK(cublaslt_version() >= 120900, c.what(), ": FP8 block scaling needs cuBLASLt >= "
-                 "12.9, this one is ", cublaslt_version());
-      HALO_CHECK(M % 8 == 0 && N % 8 == 0, c.what(),
-                 ": block-scaled FP8 on CUDA needs M % 8 == 0 and N % 8 == 0 (cuBLASLt); M = ", M,
-                 ", N = ", N);
-    }
     // Choose the scale layouts cuBLASLt runs, expanding one operand's scales if needed.
     Granularity ga = a.granularity, gb = b.granularity;
     Tensor a_expanded, b_expanded;
@@ -653,6 +650,14 @@ void gemm_cuda(const GemmOperand& a, const GemmOperand& b, Tensor& d, const Gemm
   }
 
   lt_matmul(c);  // f32, bf16, unscaled fp8 (scale pointers null: scale 1)
+}
+
+void relayout_scales_cuda(const Tensor& scale, Granularity from, Granularity to, int64_t rows_from,
+                          int64_t rows_to, int64_t cols, Tensor& out) {
+  const int64_t n = out.numel();
+  relayout_scales_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
+      scale.data_as<float>(), from, to, rows_from, rows_to, cols, out.data_as<float>(), n);
+  CUDA_CHECK_LAUNCH();
 }
 
 void scale_i32_cuda(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d,

@@ -24,10 +24,11 @@
 //   bf16 output            4e-3: each side rounds once to bf16 (<= 2^-9 = 2e-3 relative);
 //                          where the f32 values differ the two roundings may differ by one
 //                          bf16 ulp for a few elements.
-// Odd shapes: 8-bit operands with K % 16 != 0 must fail with a clear error (no
-// fallback: cuBLASLt reads 16-byte rows; pad K); so must block scales with M or N
-// not a multiple of 8, and INT8 with block scales (CPU only). Shapes whose support is
-// up to cuBLASLt's heuristic pass either way but say in the detail which happened.
+// Odd shapes: 8-bit operands with K % 16 != 0, FP8 with rows of D that are not a
+// multiple of 16 bytes, and block scales with M or N not a multiple of 8 run padded
+// (gemm.h) and must match; INT8 with block scales must fail with a clear error (CPU
+// only). Shapes whose support is up to cuBLASLt's heuristic pass either way but say in
+// the detail which happened.
 #include "kernels/selfcheck.h"
 
 #ifdef HALO_HAS_CUDA
@@ -415,32 +416,36 @@ std::vector<Case> small_cases() {
   cs.push_back(unaligned);
   // Odd shapes.
   cs.push_back(with(make(B, B, F, 33, 17, 45), 1.0f, true, f32));  // bf16: any shape
-  Case k40 = make(E4, E4, B, 64, 48, 40);
-  k40.expect = Expect::error;
-  k40.error_has = "K % 16";
-  cs.push_back(k40);
-  Case k40s = scaled(k40, Granularity::row, Granularity::row);
-  cs.push_back(k40s);
-  Case k40i = make(I8, I8, DType::i32, 64, 48, 40);
-  k40i.expect = Expect::error;
-  k40i.error_has = "K % 16";
-  cs.push_back(k40i);
-  Case m36 = scaled(make(E4, E4, B, 36, 48, 256), Granularity::block1x128, Granularity::block128x128);
-  m36.expect = Expect::error;
-  m36.error_has = "M % 8";
-  cs.push_back(m36);
+  // K % 16 != 0, M % 8 != 0 with block scales, N odd: run padded (K = 100, M = 100 are
+  // the token counts of a layer's dW and Y with 100 tokens).
+  cs.push_back(make(E4, E4, B, 64, 48, 40));
+  cs.push_back(scaled(make(E4, E4, B, 64, 48, 40), Granularity::row, Granularity::row));
+  cs.push_back(make(I8, I8, DType::i32, 64, 48, 40));
+  cs.push_back(with(make(I8, I8, DType::i32, 64, 48, 40), 1.0f, true, kNone));
+  cs.push_back(scaled(make(E4, E4, B, 36, 48, 256), Granularity::block1x128, Granularity::block128x128));
+  const int64_t odd[][3] = {{64, 112, 100}, {100, 64, 112}, {100, 100, 100}, {37, 20, 300}};
+  for (const auto& s : odd) {
+    const int64_t M = s[0], N = s[1], K = s[2];
+    for (Granularity g : {Granularity::tensor, Granularity::row}) {
+      cs.push_back(scaled(make(I8, I8, F, M, N, K), g, g));
+      cs.push_back(with(scaled(make(I8, I8, B, M, N, K), g, g), 0.5f, true, bf16));
+    }
+    for (Granularity g : kGranularities) {
+      cs.push_back(scaled(make(E4, E4, B, M, N, K), g, g));
+      cs.push_back(with(scaled(make(E4, E5, F, M, N, K), g, g), -0.75f, true, f32));
+      cs.push_back(with(scaled(make(E5, E4, B, M, N, K), g, g), 1.0f, false, bf16));
+    }
+    cs.push_back(with(scaled(make(E4, E4, B, M, N, K), Granularity::block1x128, Granularity::block128x128),
+                      1.0f, true, bf16));
+  }
   Case i8block = scaled(make(I8, I8, B, 64, 48, 256), Granularity::block1x128, Granularity::row);
   i8block.expect = Expect::error;
   i8block.error_has = "CPU only";
   cs.push_back(i8block);
-  for (int64_t n : {20, 37}) {  // D rows of 40 / 74 bytes: cuBLASLt may or may not run these
-    Case c = scaled(make(E4, E4, B, 64, n, 256), Granularity::tensor, Granularity::tensor);
-    c.expect = Expect::either;
-    cs.push_back(c);
-    Case r = scaled(make(E4, E4, F, 33, n, 256), Granularity::row, Granularity::row);
-    r.expect = Expect::either;
-    cs.push_back(r);
-    Case i = make(I8, I8, DType::i32, 33, n, 256);
+  for (int64_t n : {20, 37}) {  // FP8: D rows of 40 / 74 / 148 bytes run padded
+    cs.push_back(scaled(make(E4, E4, B, 64, n, 256), Granularity::tensor, Granularity::tensor));
+    cs.push_back(scaled(make(E4, E4, F, 33, n, 256), Granularity::row, Granularity::row));
+    Case i = make(I8, I8, DType::i32, 33, n, 256);  // up to cuBLASLt (it ran these on an H100)
     i.expect = Expect::either;
     cs.push_back(i);
   }

@@ -172,6 +172,30 @@ CheckResult check_swiglu(int64_t rows, int64_t cols, DType act, bool view_offset
   });
 }
 
+// The fused gate|up layout: gu [rows, 2F] -> h [rows, F]; backward into a
+// separate dgu, and (GPU, in_place) over gu itself.
+CheckResult check_swiglu_fused(int64_t rows, int64_t F, DType act, bool in_place) {
+  Case c("swiglu fused " + std::string(dtype_name(act)) + " " + dims({rows, 2 * F}) + (in_place ? " in place" : ""),
+         tolerance_for(act));
+  return c.run([&] {
+    const Tensor gu = random_tensor({rows, 2 * F}, act, 24, 1.5f), dh = random_tensor({rows, F}, act, 25);
+    auto run = [&](Device dev, Tensor& h, Tensor& dgu) {
+      const Tensor gud = gu.to(dev), dhd = dh.to(dev);
+      h = Tensor::empty({rows, F}, act, dev);
+      swiglu_forward_fused(gud, h);
+      const bool inplace = in_place && dev == Device::cuda;
+      Tensor gu2 = clone(gud);
+      dgu = inplace ? gu2 : Tensor::empty({rows, 2 * F}, act, dev);
+      swiglu_backward_fused(dhd, gu2, dgu);
+    };
+    Tensor gh, gdgu, ch, cdgu;
+    run(Device::cuda, gh, gdgu);
+    run(Device::cpu, ch, cdgu);
+    c.compare("h", gh, ch);
+    c.compare("dgu", gdgu, cdgu);
+  });
+}
+
 // ---- embedding ----------------------------------------------------------------
 // Skewed ids (many repeats); with bad_ids two tokens carry -1 and vocab: the
 // GPU must write NaN rows for them and skip them in the backward.
@@ -286,6 +310,10 @@ std::vector<CheckResult> rowops_cuda_checks(bool full) {
   out.push_back(check_swiglu(7, 13, bf, false, true));
   out.push_back(check_swiglu(8, 13, bf, true, false));
   out.push_back(check_swiglu(5, 40, f32, false, false));
+  out.push_back(check_swiglu_fused(33, 160, bf, false));  // 16-byte path
+  out.push_back(check_swiglu_fused(33, 160, bf, true));
+  out.push_back(check_swiglu_fused(9, 13, bf, true));     // F % 8 != 0: element path
+  out.push_back(check_swiglu_fused(9, 24, f32, false));
   out.push_back(check_embedding(50, 64, 300, bf, bf, false, true));
   out.push_back(check_embedding(50, 64, 300, f32, bf, true, true));
   out.push_back(check_embedding(40, 20, 77, bf, f32, true, true));
@@ -298,6 +326,7 @@ std::vector<CheckResult> rowops_cuda_checks(bool full) {
     out.push_back(check_rmsnorm(8192, 4096, bf, f32, false));
     out.push_back(check_rmsnorm(8192, 2048, bf, bf, true));
     out.push_back(check_swiglu(8192, 14336, bf, false, false));
+    out.push_back(check_swiglu_fused(8192, 14336, bf, true));
     out.push_back(check_embedding(128256, 4096, 8192, bf, bf, false, false));
     out.push_back(check_rope(8192, 32, 128, bf, 4096, 0));
     out.push_back(check_rope(8192, 8, 128, bf, 4096, 0));

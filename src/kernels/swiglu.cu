@@ -6,6 +6,10 @@
 // is not a multiple of 8 finishes it element by element. 256 threads per block,
 // one chunk per thread (the grid covers the tensor); the compute (one expf per
 // element) is far below the memory time.
+// The fused form walks h [rows, F]: chunk i of a row reads gate element j and
+// up element F + j of the same gu row (8-wide when F % 8 == 0 and every row
+// start is 16-byte aligned); one thread reads a (gate, up) pair before it
+// writes its gradients, so dgu may alias gu.
 #include "core/cuda_check.h"
 #include "core/stream.h"
 #include "kernels/swiglu.h"
@@ -61,6 +65,36 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t k = i; k < n; ++k) backward_chunk<T, 1>(dh + k, g + k, u + k, dg + k, du + k);
 }
 
+// Fused gate|up: element i of h [rows, F] reads gu[r, j] and gu[r, F + j].
+template <class T, int V>
+__global__ void __launch_bounds__(kThreads) swiglu_forward_fused_kernel(const T* gu, T* h, int64_t n, int64_t F) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (i + V <= n) {
+    const int64_t r = i / F, j = i % F;  // V divides F: the chunk stays in row r
+    forward_chunk<T, V>(gu + r * 2 * F + j, gu + r * 2 * F + F + j, h + i);
+  } else {
+    for (int64_t k = i; k < n; ++k) {
+      const int64_t r = k / F, j = k % F;
+      forward_chunk<T, 1>(gu + r * 2 * F + j, gu + r * 2 * F + F + j, h + k);
+    }
+  }
+}
+
+template <class T, int V>
+__global__ void __launch_bounds__(kThreads)
+    swiglu_backward_fused_kernel(const T* dh, const T* gu, T* dgu, int64_t n, int64_t F) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (i + V <= n) {
+    const int64_t g = i / F * 2 * F + i % F;
+    backward_chunk<T, V>(dh + i, gu + g, gu + g + F, dgu + g, dgu + g + F);
+  } else {
+    for (int64_t k = i; k < n; ++k) {
+      const int64_t g = k / F * 2 * F + k % F;
+      backward_chunk<T, 1>(dh + k, gu + g, gu + g + F, dgu + g, dgu + g + F);
+    }
+  }
+}
+
 unsigned grid_for(int64_t n, int v) { return static_cast<unsigned>((n + int64_t{kThreads} * v - 1) / (int64_t{kThreads} * v)); }
 
 }  // namespace
@@ -89,6 +123,30 @@ void swiglu_backward_cuda(const Tensor& dh, const Tensor& g, const Tensor& u, Te
     auto kernel = v8 ? swiglu_backward_kernel<T, 8> : swiglu_backward_kernel<T, 1>;
     kernel<<<grid_for(n, v8 ? 8 : 1), kThreads, 0, current_stream()>>>(dh.data_as<T>(), g.data_as<T>(), u.data_as<T>(),
                                                                       dg.data_as<T>(), du.data_as<T>(), n);
+  });
+  CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_forward_fused_cuda(const Tensor& gu, Tensor& h) {
+  const int64_t n = h.numel(), F = h.size(-1);
+  const bool v8 = F % 8 == 0 && vec::aligned16(gu.data()) && vec::aligned16(h.data());
+  vec::with_type(gu.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto kernel = v8 ? swiglu_forward_fused_kernel<T, 8> : swiglu_forward_fused_kernel<T, 1>;
+    kernel<<<grid_for(n, v8 ? 8 : 1), kThreads, 0, current_stream()>>>(gu.data_as<T>(), h.data_as<T>(), n, F);
+  });
+  CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_backward_fused_cuda(const Tensor& dh, const Tensor& gu, Tensor& dgu) {
+  const int64_t n = dh.numel(), F = dh.size(-1);
+  const bool v8 =
+      F % 8 == 0 && vec::aligned16(dh.data()) && vec::aligned16(gu.data()) && vec::aligned16(dgu.data());
+  vec::with_type(gu.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto kernel = v8 ? swiglu_backward_fused_kernel<T, 8> : swiglu_backward_fused_kernel<T, 1>;
+    kernel<<<grid_for(n, v8 ? 8 : 1), kThreads, 0, current_stream()>>>(dh.data_as<T>(), gu.data_as<T>(),
+                                                                      dgu.data_as<T>(), n, F);
   });
   CUDA_CHECK_LAUNCH();
 }

@@ -4,10 +4,11 @@
 //   silu'(g) = sigmoid(g) * (1 + g * (1 - sigmoid(g)))
 //
 // The separate form: gate g and up u are two tensors of the same shape (any
-// shape; [rows, F] in the MLP). A fused [rows, 2F] gate|up GEMM output is not
-// taken as is: Tensor has no strided views, so its halves are not [rows, F]
-// tensors; the model layer runs the gate and up GEMMs into separate outputs
-// (or would need a strided variant of these kernels).
+// shape; [rows, F] in the MLP).
+// The fused form (what the model runs): one GEMM against [Wg; Wu] gives
+// gu [rows, 2F], the gate in columns [0, F) and up in [F, 2F) of every row;
+// h and dh are [rows, F], dgu [rows, 2F] in the layout of gu (leading dims
+// flattened). Same math, element by element, as the separate form.
 //
 // Dtypes: f32 or bf16 (on the GPU every tensor of one call has the same
 // dtype). Math in f32 with the functions below, shared by the CPU and the GPU
@@ -33,5 +34,9 @@ HALO_HD float silu_grad(float g) {
 
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
 void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du);
+
+void swiglu_forward_fused(const Tensor& gu, Tensor& h);
+// dgu may alias gu (in place: the gate-up output is not needed afterwards).
+void swiglu_backward_fused(const Tensor& dh, const Tensor& gu, Tensor& dgu);
 
 }  // namespace halo
