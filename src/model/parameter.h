@@ -1,0 +1,30 @@
+// What a model shows the optimizer and the checkpoint code: its trainable
+// tensors, their gradients, and how to tell the model a tensor was changed.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace halo {
+
+struct Parameter {
+  // Unique and stable across runs (optimizer state is saved under it). Tensors
+  // that the model keeps fused (e.g. q, k and v in one linear) are one
+  // Parameter with a name of its own, not the Hugging Face names.
+  std::string name;
+  // The tensor the forward reads: f32 on the CPU, bf16 on the GPU. The
+  // optimizer keeps an f32 master copy when it is bf16 and the run asks for one.
+  Tensor value;
+  // The gradient, f32, the shape of `value`, summed over the micro-batches since
+  // the model's zero_grad(). Called once per optimizer step (it may compute it,
+  // e.g. rotate a HALO linear's gradient back).
+  std::function<Tensor()> grad;
+  // Called after the optimizer has written `value` (a HALO linear then
+  // re-quantizes its weight on next use). May be empty.
+  std::function<void()> updated;
+  bool decay = true;  // false for norm weights and biases: no weight decay
+};
+
+}  // namespace halo
