@@ -1,0 +1,289 @@
+#include "data/token_data.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <system_error>
+#include <utility>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/atomic_file.h"
+
+namespace halo {
+
+static_assert(std::endian::native == std::endian::little, "token files are little-endian");
+
+namespace {
+
+constexpr char kMagic[8] = {'H', 'A', 'L', 'O', 'T', 'O', 'K', '1'};
+constexpr uint32_t kVersion = 1;
+constexpr size_t kHeaderBytes = 32;
+
+// Streams of the counter-based RNG (core/rng.h) used here, apart from every other use.
+constexpr uint64_t kSplitStream = 0x53504c4954000000ull;    // "SPLIT"
+constexpr uint64_t kShuffleStream = 0x5348554600000000ull;  // "SHUF" + epoch
+
+uint64_t random64(uint64_t seed, uint64_t stream, uint64_t i) {
+  const Philox4 r = philox4x32(seed, i, stream);
+  return static_cast<uint64_t>(r.v[0]) | (static_cast<uint64_t>(r.v[1]) << 32);
+}
+
+// Fisher-Yates with the counter-based RNG: the same order on every platform.
+void shuffle(std::vector<int64_t>& a, uint64_t seed, uint64_t stream) {
+  for (size_t i = a.size(); i > 1; --i) {
+    const size_t j = static_cast<size_t>(random64(seed, stream, i - 1) % i);
+    std::swap(a[i - 1], a[j]);
+  }
+}
+
+}  // namespace
+
+// ---- writing --------------------------------------------------------------------------
+
+void write_token_file(const std::string& path, const std::vector<std::vector<uint32_t>>& docs,
+                      uint32_t vocab_size) {
+  HALO_CHECK(vocab_size > 0 && vocab_size <= 0x7fffffffu, path, ": vocab_size must lie in [1, 2^31), got ",
+             vocab_size);
+  std::vector<uint64_t> offsets{0};
+  for (size_t d = 0; d < docs.size(); ++d) {
+    HALO_CHECK(!docs[d].empty(), path, ": document ", d, " is empty (token files hold no empty documents)");
+    for (const uint32_t t : docs[d])
+      HALO_CHECK(t < vocab_size, path, ": document ", d, " holds token ", t, " >= vocab_size ", vocab_size);
+    offsets.push_back(offsets.back() + docs[d].size());
+  }
+  write_file_atomic(path, [&](const WriteBytes& write) {
+    const uint32_t head32[2] = {kVersion, vocab_size};
+    const uint64_t head64[2] = {docs.size(), offsets.back()};
+    write(kMagic, sizeof kMagic);
+    write(head32, sizeof head32);
+    write(head64, sizeof head64);
+    write(offsets.data(), offsets.size() * sizeof(uint64_t));
+    for (const auto& doc : docs) write(doc.data(), doc.size() * sizeof(uint32_t));
+  });
+}
+
+// ---- reading --------------------------------------------------------------------------
+
+TokenFile::TokenFile(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  HALO_CHECK(fd >= 0, path, ": cannot open token file: ", std::system_category().message(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    HALO_FAIL(path, ": not a regular file");
+  }
+  map_bytes_ = static_cast<size_t>(st.st_size);
+  if (map_bytes_ > 0) {
+    map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int err = errno;
+    ::close(fd);
+    if (map_ == MAP_FAILED) {
+      map_ = nullptr;
+      HALO_FAIL(path, ": cannot map token file: ", std::system_category().message(err));
+    }
+  } else {
+    ::close(fd);
+  }
+  // From here on, a failed check must unmap: the destructor does not run for a throwing constructor.
+  try {
+    const auto* bytes = static_cast<const unsigned char*>(map_);
+    HALO_CHECK(map_bytes_ >= kHeaderBytes, path, ": truncated: ", map_bytes_,
+               " bytes, shorter than the 32-byte header of a token file");
+    HALO_CHECK(std::memcmp(bytes, kMagic, 8) == 0, path, ": bad magic (not a HALOTOK1 token file)");
+    uint32_t version;
+    uint64_t n_docs, n_tokens;
+    std::memcpy(&version, bytes + 8, 4);
+    std::memcpy(&vocab_size_, bytes + 12, 4);
+    std::memcpy(&n_docs, bytes + 16, 8);
+    std::memcpy(&n_tokens, bytes + 24, 8);
+    HALO_CHECK(version == kVersion, path, ": token file version ", version, " (this build reads version ",
+               kVersion, ")");
+    HALO_CHECK(vocab_size_ > 0 && vocab_size_ <= 0x7fffffffu, path, ": bad vocab_size ", vocab_size_);
+    // Sizes in 128-bit arithmetic so a hostile header cannot overflow the check.
+    const unsigned __int128 expected = static_cast<unsigned __int128>(kHeaderBytes) +
+                                       static_cast<unsigned __int128>(n_docs + static_cast<unsigned __int128>(1)) * 8 +
+                                       static_cast<unsigned __int128>(n_tokens) * 4;
+    HALO_CHECK(expected <= map_bytes_, path, ": truncated: the header promises ", n_docs, " documents and ",
+               n_tokens, " tokens (", static_cast<double>(expected), " bytes), the file has ", map_bytes_, " bytes");
+    HALO_CHECK(expected == map_bytes_, path, ": ", map_bytes_ - static_cast<size_t>(expected),
+               " unexpected bytes after the tokens");
+    n_docs_ = static_cast<int64_t>(n_docs);
+    n_tokens_ = static_cast<int64_t>(n_tokens);
+    offsets_ = reinterpret_cast<const uint64_t*>(bytes + kHeaderBytes);
+    tokens_ = reinterpret_cast<const uint32_t*>(bytes + kHeaderBytes + (n_docs + 1) * 8);
+    HALO_CHECK(offsets_[0] == 0, path, ": offsets[0] is ", offsets_[0], ", must be 0");
+    for (int64_t d = 0; d < n_docs_; ++d)
+      HALO_CHECK(offsets_[d + 1] > offsets_[d], path, ": offsets not increasing at document ", d, " (",
+                 offsets_[d], " then ", offsets_[d + 1], "; documents may not be empty)");
+    HALO_CHECK(offsets_[n_docs_] == n_tokens, path, ": the last offset is ", offsets_[n_docs_],
+               ", must equal n_tokens ", n_tokens);
+    uint32_t max_token = 0;
+#pragma omp parallel for reduction(max : max_token) schedule(static)
+    for (int64_t i = 0; i < n_tokens_; ++i) max_token = std::max(max_token, tokens_[i]);
+    if (max_token >= vocab_size_) {
+      const int64_t i = std::find_if(tokens_, tokens_ + n_tokens_, [&](uint32_t t) { return t >= vocab_size_; }) - tokens_;
+      const int64_t d = std::upper_bound(offsets_, offsets_ + n_docs_ + 1, static_cast<uint64_t>(i)) - offsets_ - 1;
+      HALO_FAIL(path, ": token ", tokens_[i], " at position ", i, " (document ", d, ") is >= vocab_size ",
+                vocab_size_);
+    }
+  } catch (...) {
+    if (map_) ::munmap(map_, map_bytes_);
+    throw;
+  }
+}
+
+TokenFile::~TokenFile() {
+  if (map_) ::munmap(map_, map_bytes_);
+}
+
+TokenFile::TokenFile(TokenFile&& o) noexcept
+    : path_(std::move(o.path_)),
+      map_(std::exchange(o.map_, nullptr)),
+      map_bytes_(std::exchange(o.map_bytes_, 0)),
+      vocab_size_(o.vocab_size_),
+      n_docs_(o.n_docs_),
+      n_tokens_(o.n_tokens_),
+      offsets_(o.offsets_),
+      tokens_(o.tokens_) {}
+
+TokenFile& TokenFile::operator=(TokenFile&& o) noexcept {
+  if (this != &o) {
+    if (map_) ::munmap(map_, map_bytes_);
+    path_ = std::move(o.path_);
+    map_ = std::exchange(o.map_, nullptr);
+    map_bytes_ = std::exchange(o.map_bytes_, 0);
+    vocab_size_ = o.vocab_size_;
+    n_docs_ = o.n_docs_;
+    n_tokens_ = o.n_tokens_;
+    offsets_ = o.offsets_;
+    tokens_ = o.tokens_;
+  }
+  return *this;
+}
+
+int64_t TokenFile::doc_length(int64_t doc) const {
+  HALO_CHECK(doc >= 0 && doc < n_docs_, path_, ": document ", doc, " out of range (", n_docs_, " documents)");
+  return static_cast<int64_t>(offsets_[doc + 1] - offsets_[doc]);
+}
+
+std::span<const uint32_t> TokenFile::doc(int64_t doc) const {
+  const int64_t n = doc_length(doc);
+  return {tokens_ + offsets_[doc], static_cast<size_t>(n)};
+}
+
+// ---- splits ---------------------------------------------------------------------------
+
+DocumentSplit split_documents(int64_t n_docs, double val_fraction, uint64_t seed) {
+  HALO_CHECK(n_docs >= 0, "split_documents: bad document count ", n_docs);
+  HALO_CHECK(std::isfinite(val_fraction) && val_fraction >= 0.0 && val_fraction < 1.0,
+             "split_documents: val_fraction must lie in [0, 1), got ", val_fraction);
+  int64_t n_val = static_cast<int64_t>(std::llround(val_fraction * static_cast<double>(n_docs)));
+  if (val_fraction > 0.0) {
+    HALO_CHECK(n_docs >= 2, "split_documents: cannot hold out a validation set from ", n_docs,
+               " document(s); give val_data or set val_fraction = 0");
+    n_val = std::clamp<int64_t>(n_val, 1, n_docs - 1);
+  }
+  std::vector<int64_t> order(static_cast<size_t>(n_docs));
+  for (int64_t i = 0; i < n_docs; ++i) order[i] = i;
+  shuffle(order, seed, kSplitStream);
+  DocumentSplit s;
+  s.val.assign(order.begin(), order.begin() + n_val);
+  s.train.assign(order.begin() + n_val, order.end());
+  std::sort(s.val.begin(), s.val.end());
+  std::sort(s.train.begin(), s.train.end());
+  return s;
+}
+
+std::vector<int64_t> all_documents(const TokenFile& file) {
+  std::vector<int64_t> out(static_cast<size_t>(file.num_docs()));
+  for (int64_t i = 0; i < file.num_docs(); ++i) out[i] = i;
+  return out;
+}
+
+// ---- batcher --------------------------------------------------------------------------
+
+Batcher::Batcher(const TokenFile& file, std::vector<int64_t> docs, int64_t rows, int64_t seq_len, bool shuffle,
+                 uint64_t seed)
+    : file_(&file), docs_(std::move(docs)), rows_(rows), seq_len_(seq_len), shuffle_(shuffle), seed_(seed) {
+  HALO_CHECK(rows >= 1 && seq_len >= 1, file.path(), ": batches need rows >= 1 and seq_len >= 1, got ", rows,
+             " x ", seq_len);
+  for (const int64_t d : docs_) total_tokens_ += file.doc_length(d);  // also checks the range
+  HALO_CHECK(total_tokens_ > 0, file.path(), ": no tokens to make batches of (", docs_.size(), " documents)");
+}
+
+std::vector<int64_t> Batcher::epoch_order(int64_t epoch) const {
+  std::vector<int64_t> order = docs_;
+  if (shuffle_) shuffle(order, seed_, kShuffleStream + static_cast<uint64_t>(epoch));
+  return order;
+}
+
+int64_t Batcher::batches_per_epoch() const {
+  const int64_t per_batch = rows_ * seq_len_;
+  return (total_tokens_ + per_batch - 1) / per_batch;
+}
+
+void Batcher::set_position(const DataPosition& pos) {
+  HALO_CHECK(pos.epoch >= 0 && pos.index >= 0 && pos.index < static_cast<int64_t>(docs_.size()), file_->path(),
+             ": data position (epoch ", pos.epoch, ", document ", pos.index, ") lies outside the ", docs_.size(),
+             " documents");
+  const int64_t len = file_->doc_length(epoch_order(pos.epoch)[pos.index]);
+  HALO_CHECK(pos.offset >= 0 && pos.offset < len, file_->path(), ": data position offset ", pos.offset,
+             " lies outside document ", pos.index, " of epoch ", pos.epoch, " (", len, " tokens)");
+  pos_ = pos;
+}
+
+Batch Batcher::next() {
+  if (order_epoch_ != pos_.epoch) {
+    order_ = epoch_order(pos_.epoch);
+    order_epoch_ = pos_.epoch;
+  }
+  const int64_t n = rows_ * seq_len_;
+  Batch b;
+  b.rows = rows_;
+  b.seq_len = seq_len_;
+  b.input_ids = Tensor::empty({n}, DType::i32);
+  b.targets = Tensor::empty({n}, DType::i32);
+  b.positions = Tensor::empty({n}, DType::i32);
+  b.doc_ids = Tensor::empty({n}, DType::i32);
+  int32_t* ids = b.input_ids.data_as<int32_t>();
+  int32_t* tgt = b.targets.data_as<int32_t>();
+  int32_t* pos = b.positions.data_as<int32_t>();
+  int32_t* did = b.doc_ids.data_as<int32_t>();
+  const int64_t n_docs = static_cast<int64_t>(order_.size());
+
+  for (int64_t r = 0; r < rows_; ++r) {
+    int32_t piece = 0;        // doc_id of the current piece in this row
+    int64_t piece_start = 0;  // where it began in the row
+    bool padding = false;
+    for (int64_t t = 0; t < seq_len_; ++t) {
+      const int64_t i = r * seq_len_ + t;
+      if (pos_.index >= n_docs) {  // the epoch's documents are used up: pad
+        if (!padding && t > 0) ++piece, piece_start = t;
+        padding = true;
+        ids[i] = 0;
+        tgt[i] = kIgnoreTarget;
+      } else {
+        const std::span<const uint32_t> doc = file_->doc(order_[pos_.index]);
+        if (pos_.offset == 0 && t > 0) ++piece, piece_start = t;
+        const int64_t k = pos_.offset;
+        ids[i] = static_cast<int32_t>(doc[k]);
+        tgt[i] = k + 1 < static_cast<int64_t>(doc.size()) ? static_cast<int32_t>(doc[k + 1]) : kIgnoreTarget;
+        if (++pos_.offset == static_cast<int64_t>(doc.size())) ++pos_.index, pos_.offset = 0;
+      }
+      pos[i] = static_cast<int32_t>(t - piece_start);
+      did[i] = piece;
+      if (tgt[i] >= 0) ++b.counted;
+    }
+  }
+  if (pos_.index >= n_docs) pos_ = {pos_.epoch + 1, 0, 0};
+  return b;
+}
+
+}  // namespace halo
