@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in cmake ninja-build g++ pkg-config libopenblas-dev libgtest-dev nlohmann-json3-dev; do
+for pkg in cmake ninja-build g++ pkg-config libopenblas-dev libgtest-dev nlohmann-json3-dev libtomlplusplus-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -8,5 +8,12 @@ namespace halo::cli {
 int bench_linear(const std::vector<std::string>& args);
 int bench_kernels(const std::vector<std::string>& args);
 int doctor(const std::vector<std::string>& args);
+int init(const std::vector<std::string>& args);
+int train(const std::vector<std::string>& args);
+int bench_train(const std::vector<std::string>& args);
+int data(const std::vector<std::string>& args);
+int convert(const std::vector<std::string>& args);  // convert.cpp
+int logits(const std::vector<std::string>& args);   // convert.cpp
+int tokenize(const std::vector<std::string>& args);  // tokenize.cpp
 
 }  // namespace halo::cli

@@ -12,6 +12,11 @@ const char* kUsage =
     "usage: halo <command> [options]\n"
     "\n"
     "commands:\n"
+    "  train          train or fine-tune a model (halo train --help lists the config keys)\n"
+    "                 [--config run.toml] [--resume DIR|auto] [--key value ...]\n"
+    "  bench train    whole training steps per recipe on random tokens: step time, tokens/s, MFU, memory\n"
+    "                 --model DIR | --config config.json [--recipe R1,R2,...] [--batch B] [--seq-len T]\n"
+    "                 [--steps N] [--warmup W] [--recompute] [--device cpu|cuda] [--json]\n"
     "  bench linear   speed and accuracy of the HALO linear layer per recipe\n"
     "                 --device cpu|cuda --recipe R1,R2,... --shape M,N,K [--outliers] [--bias]\n"
     "                 [--json] [--warmup N] [--iters N] [--seed S]\n"
@@ -19,6 +24,17 @@ const char* kUsage =
     "                 --device cpu|cuda --shape M,N,K [--warmup N] [--iters N]\n"
     "  doctor         the build, the GPU, and every CUDA kernel checked against the CPU\n"
     "                 [--full] (Llama sizes)  [--probe] (print the best device)\n"
+    "  init           a random-init model directory (Hugging Face layout) from a config.json\n"
+    "                 --config FILE --out DIR [--seed S] [--dtype bf16|f32]\n"
+    "  data synth     a learnable synthetic token file for trying the trainer\n"
+    "                 --out FILE [--docs N] [--vocab V] [--seed S] [--min-len L] [--max-len L]\n"
+    "  convert        a llama.cpp GGUF file as a Hugging Face model directory\n"
+    "                 MODEL.gguf --out DIR [--dtype bf16|f32]\n"
+    "  logits         the logits of a model directory for fixed token ids (to compare)\n"
+    "                 --model DIR --ids 1,2,3 --out FILE.safetensors [--device cpu|cuda]\n"
+    "  tokenize       encode text with a tokenizer.json: the tokens and ids, or for a file the rate\n"
+    "                 --tokenizer DIR|FILE (--text STRING | --file F [--lines] [--threads N])\n"
+    "                 [--ids] [--no-special] [--add-special]\n"
     "\n"
     "recipes: bf16, halo{0,1,2}-{int8,fp8}, ideal-{int8,fp8}; options after '+':\n"
     "         tensor|row|1x128|128x128 (scales), e5m2 (gradients), sr (stochastic rounding), sim\n";
@@ -38,7 +54,15 @@ int main(int argc, char** argv) {
       return halo::cli::bench_linear({args.begin() + 2, args.end()});
     if (cmd == "bench" && args.size() >= 2 && args[1] == "kernels")
       return halo::cli::bench_kernels({args.begin() + 2, args.end()});
+    if (cmd == "bench" && args.size() >= 2 && args[1] == "train")
+      return halo::cli::bench_train({args.begin() + 2, args.end()});
+    if (cmd == "train") return halo::cli::train({args.begin() + 1, args.end()});
+    if (cmd == "data") return halo::cli::data({args.begin() + 1, args.end()});
     if (cmd == "doctor") return halo::cli::doctor({args.begin() + 1, args.end()});
+    if (cmd == "init") return halo::cli::init({args.begin() + 1, args.end()});
+    if (cmd == "convert") return halo::cli::convert({args.begin() + 1, args.end()});
+    if (cmd == "logits") return halo::cli::logits({args.begin() + 1, args.end()});
+    if (cmd == "tokenize") return halo::cli::tokenize({args.begin() + 1, args.end()});
     std::fprintf(stderr, "halo: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {
