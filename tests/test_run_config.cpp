@@ -95,6 +95,38 @@ TEST(RunConfig, ChecksKeysTogether) {
   EXPECT_ERROR_HAS(check_train_config(c), "'data'");
 }
 
+TEST(RunConfig, JsonlDataKeys) {
+  // tokenizer, template, loss_on and packing: parsed, checked, written back.
+  TrainConfig c = parse_train_config(
+      "init = \"cfg.json\"\ndata = \"chat.jsonl\"\nsteps = 5\ntokenizer = \"models/m\"\n"
+      "template = \"llama3\"\nloss_on = \"all\"\npacking = \"pad\"\n",
+      "run.toml");
+  EXPECT_EQ(c.tokenizer, "models/m");
+  EXPECT_EQ(c.chat_template, "llama3");
+  EXPECT_EQ(c.loss_on, "all");
+  EXPECT_EQ(c.packing, "pad");
+  check_train_config(c);
+  EXPECT_EQ(parse_train_config(to_toml(c), "round trip"), c);
+  const TrainConfig d;
+  EXPECT_EQ(d.chat_template, "auto");
+  EXPECT_EQ(d.loss_on, "assistant");
+  EXPECT_EQ(d.packing, "pack");
+  EXPECT_ERROR_HAS(parse_train_config("template = \"gemma\"\n", "run.toml"), "'template'", "chatml");
+  EXPECT_ERROR_HAS(parse_train_config("loss_on = \"answers\"\n", "run.toml"), "'loss_on'", "assistant or all");
+  EXPECT_ERROR_HAS(parse_train_config("packing = \"packed\"\n", "run.toml"), "'packing'", "pack or pad");
+  TrainConfig bad = c;
+  EXPECT_ERROR_HAS(set_train_config_key(bad, "template", "vicuna"), "--template");
+  // JSONL data from an initialized model needs the tokenizer key (a model directory has one).
+  c.tokenizer.clear();
+  EXPECT_ERROR_HAS(check_train_config(c), "set 'tokenizer'");
+  c.data = "train.tok";
+  c.val_data = "val.jsonl";
+  EXPECT_ERROR_HAS(check_train_config(c), "set 'tokenizer'");
+  c.init.clear();
+  c.model = "models/m";
+  check_train_config(c);
+}
+
 class RunConfigFiles : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -169,7 +201,7 @@ TEST(RunConfig, TomlRoundTripIsExact) {
   EXPECT_EQ(parse_train_config(to_toml(d), "defaults"), d);
   size_t at = 0;
   for (const std::string& key : train_config_keys()) {
-    if (key == "model" || key == "init" || key == "data" || key == "val_data") continue;
+    if (key == "model" || key == "init" || key == "data" || key == "val_data" || key == "tokenizer") continue;
     const size_t found = to_toml(d).find("\n" + key + " = ");
     ASSERT_NE(found, std::string::npos) << key;
     EXPECT_GT(found, at) << key;

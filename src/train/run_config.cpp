@@ -37,6 +37,10 @@ const std::vector<Key>& keys() {
       {"data", &TrainConfig::data},
       {"val_data", &TrainConfig::val_data},
       {"val_fraction", &TrainConfig::val_fraction},
+      {"tokenizer", &TrainConfig::tokenizer},
+      {"template", &TrainConfig::chat_template},
+      {"loss_on", &TrainConfig::loss_on},
+      {"packing", &TrainConfig::packing},
       {"steps", &TrainConfig::steps},
       {"epochs", &TrainConfig::epochs},
       {"batch", &TrainConfig::batch},
@@ -123,6 +127,14 @@ std::string key_problem(const TrainConfig& c, std::string_view name) {
   if (name == "recipe") return recipe(c.recipe);
   if (name == "lm_head_recipe") return recipe(c.lm_head_recipe);
   if (name == "val_fraction") return in_range(c.val_fraction, 0.0, 1.0, true);
+  if (name == "template")
+    return one_of(c.chat_template, {"auto", "none", "llama3", "chatml", "llama2", "mistral"})
+               ? ""
+               : "must be auto, none, llama3, chatml, llama2 or mistral, got '" + c.chat_template + "'";
+  if (name == "loss_on")
+    return one_of(c.loss_on, {"assistant", "all"}) ? "" : "must be assistant or all, got '" + c.loss_on + "'";
+  if (name == "packing")
+    return one_of(c.packing, {"pack", "pad"}) ? "" : "must be pack or pad, got '" + c.packing + "'";
   if (name == "steps") return at_least(c.steps, 0);
   if (name == "epochs") return non_negative(c.epochs);
   if (name == "batch") return at_least(c.batch, 1);
@@ -318,7 +330,11 @@ void check_train_config(const TrainConfig& c) {
              c.model.empty() ? "config: set 'model' (a model directory) or 'init' (a config.json to initialize "
                                "randomly)"
                              : "config: set only one of 'model' and 'init'");
-  HALO_CHECK(!c.data.empty(), "config: set 'data' (a token file)");
+  HALO_CHECK(!c.data.empty(), "config: set 'data' (a token file or a JSONL file)");
+  const auto jsonl = [](const std::string& p) { return p.size() >= 6 && p.compare(p.size() - 6, 6, ".jsonl") == 0; };
+  HALO_CHECK(!(jsonl(c.data) || jsonl(c.val_data)) || !c.tokenizer.empty() || !c.model.empty(),
+             "config: JSONL data needs a tokenizer: set 'tokenizer' (a model directory or tokenizer.json; a run "
+             "from 'init' has no model directory to take it from)");
   HALO_CHECK((c.steps > 0) != (c.epochs > 0.0),
              c.steps > 0 ? "config: set only one of 'steps' and 'epochs'"
                          : "config: set 'steps' or 'epochs' (how long to train)");

@@ -8,9 +8,18 @@
 //   init            config.json of a model to initialize randomly       } one
 //   recipe          the block linears' recipe (halo/recipe.h), e.g. "halo2-int8"
 //   lm_head_recipe  the LM head's recipe                 "bf16"
-//   data            token file (data/token_data.h)        required
-//   val_data        validation token file                 "": hold out val_fraction
+//   data            token file (data/token_data.h), or a JSONL file (".jsonl",
+//                   data/jsonl.h) tokenized when the run starts   required
+//   val_data        validation token or JSONL file        "": hold out val_fraction
 //   val_fraction    documents of `data` held out when no val_data (0: no validation)
+//   tokenizer       model directory (or tokenizer.json) whose tokenizer reads
+//                   JSONL data                            "": the model directory
+//   template        chat template of JSONL data: auto (from the tokenizer) | none |
+//                   llama3 | chatml | llama2 | mistral    "auto"
+//   loss_on         tokens of JSONL data the loss counts: assistant (the answers;
+//                   all tokens of text records) | all     "assistant"
+//   packing         pack (documents end to end) | pad (each document starts a
+//                   row; data/token_data.h)               "pack"
 //   steps           optimizer steps                       } exactly one > 0
 //   epochs          passes over the training documents    }
 //   batch           rows per micro-batch                  8
@@ -52,6 +61,10 @@ struct TrainConfig {
   std::string data;
   std::string val_data;
   double val_fraction = 0.01;
+  std::string tokenizer;
+  std::string chat_template = "auto";  // the key "template"
+  std::string loss_on = "assistant";
+  std::string packing = "pack";
   int64_t steps = 0;
   double epochs = 0.0;
   int64_t batch = 8;
@@ -104,7 +117,8 @@ void set_train_config_key(TrainConfig& c, const std::string& key, const std::str
 void apply_train_args(TrainConfig& c, const std::vector<std::string>& args);
 
 // Checks the keys together: exactly one of model / init, data given, exactly
-// one of steps / epochs, recipes parse. Each key's own range is checked when set.
+// one of steps / epochs, recipes parse, a tokenizer for JSONL data (tokenizer
+// or model). Each key's own range is checked when set.
 void check_train_config(const TrainConfig& c);
 
 // Defaults, then args (apply_train_args), then check_train_config.

@@ -16,10 +16,12 @@
 #include "core/allocator.h"
 #include "core/device_info.h"
 #include "core/error.h"
+#include "data/jsonl.h"
 #include "data/token_data.h"
 #include "io/atomic_file.h"
 #include "model/config.h"
 #include "model/llama.h"
+#include "text/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
@@ -146,7 +148,7 @@ std::vector<std::string> config_differences(const TrainConfig& now, const TrainC
 // each batch's sum read on the host and added in double.
 double evaluate(LlamaModel& model, const TokenFile& file, const std::vector<int64_t>& docs, const TrainConfig& c,
                 Device device) {
-  Batcher val(file, docs, c.batch, c.seq_len, /*shuffle=*/false, 0);
+  Batcher val(file, docs, c.batch, c.seq_len, /*shuffle=*/false, 0, parse_packing(c.packing));
   const int64_t n = c.eval_batches > 0 ? std::min(c.eval_batches, val.batches_per_epoch()) : val.batches_per_epoch();
   Tensor loss_sum = Tensor::zeros({1}, DType::f32, device);
   double sum = 0.0;
@@ -268,7 +270,21 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
                                    : !config.model.empty() ? config.model
                                                            : config.init;
   const ModelConfig mc = load_config(model_source);
-  const TokenFile train_file(config.data);
+  // A token file, or a JSONL file tokenized now with the run's tokenizer and chat template (data/jsonl.h).
+  std::optional<Tokenizer> tokenizer;
+  const auto open_data = [&](const std::string& path) {
+    if (path.size() < 6 || path.compare(path.size() - 6, 6, ".jsonl") != 0) return TokenFile(path);
+    const std::string source = !config.tokenizer.empty() ? config.tokenizer : config.model;
+    if (!tokenizer) tokenizer = Tokenizer::load(source);
+    JsonlOptions jo;
+    jo.chat_template = config.chat_template;
+    jo.loss = parse_loss_on(config.loss_on);
+    const JsonlDocuments d = read_jsonl_documents(path, *tokenizer, jo);
+    say("data: " + path + ": " + describe(d) + "; tokenizer " + source);
+    HALO_CHECK(!d.docs.empty(), path, ": no record with a target to train on (", describe(d), ")");
+    return TokenFile::from_documents(path, d.docs, &d.masks, tokenizer->vocab_size());
+  };
+  const TokenFile train_file = open_data(config.data);
   const auto check_vocab = [&](const TokenFile& f) {
     HALO_CHECK(mc.vocab_size >= static_cast<int64_t>(f.vocab_size()), f.path(), ": token ids go up to vocab_size ",
                f.vocab_size(), " but the model (", model_source, ") has a vocabulary of ", mc.vocab_size);
@@ -277,7 +293,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   std::optional<TokenFile> val_file;
   std::vector<int64_t> train_docs, val_docs;
   if (!config.val_data.empty()) {
-    val_file.emplace(config.val_data);
+    val_file.emplace(open_data(config.val_data));
     check_vocab(*val_file);
     train_docs = all_documents(train_file);
     val_docs = all_documents(*val_file);
@@ -289,7 +305,8 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
     train_docs = all_documents(train_file);
   }
   const TokenFile& eval_file = val_file ? *val_file : train_file;
-  Batcher batcher(train_file, train_docs, config.batch, config.seq_len, /*shuffle=*/true, seed);
+  Batcher batcher(train_file, train_docs, config.batch, config.seq_len, /*shuffle=*/true, seed,
+                  parse_packing(config.packing));
   const int64_t total_steps =
       config.steps > 0
           ? config.steps
@@ -353,11 +370,12 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
 
   const int64_t tokens_per_step = config.batch * config.seq_len * config.grad_accum;
   say(
-      strf("data: %s, %lld documents (%lld train, %lld validation), %s training tokens per epoch; "
+      strf("data: %s, %lld documents (%lld train, %lld validation), %s training tokens per epoch (%s counted); "
            "%lld x %lld tokens x %lld micro-batches = %s tokens per step; %lld steps",
            config.data.c_str(), static_cast<long long>(train_file.num_docs()),
            static_cast<long long>(train_docs.size()), static_cast<long long>(val_docs.size()),
-           format_count(static_cast<double>(batcher.num_tokens())).c_str(), static_cast<long long>(config.batch),
+           format_count(static_cast<double>(batcher.num_tokens())).c_str(),
+           format_count(static_cast<double>(batcher.num_targets())).c_str(), static_cast<long long>(config.batch),
            static_cast<long long>(config.seq_len), static_cast<long long>(config.grad_accum),
            format_count(static_cast<double>(tokens_per_step)).c_str(), static_cast<long long>(total_steps)));
 
