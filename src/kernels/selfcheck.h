@@ -22,6 +22,7 @@ std::vector<CheckResult> linear_cuda_checks(bool full);
 std::vector<CheckResult> rowops_cuda_checks(bool full);  // RMSNorm, SwiGLU, embedding, RoPE
 std::vector<CheckResult> attention_cuda_checks(bool full);
 std::vector<CheckResult> loss_optim_cuda_checks(bool full);  // cross-entropy, AdamW
+std::vector<CheckResult> decode_cuda_checks(bool full);  // decode attention, KV cache, argmax
 
 std::vector<CheckResult> all_cuda_checks(bool full);
 

@@ -610,6 +610,30 @@ Tensor LlamaModel::logits(const Batch& batch) {
   return out.to(m.dev);
 }
 
+// ---- inference access --------------------------------------------------------------------
+
+LlamaWeights LlamaModel::weights() const {
+  const Impl& m = *impl_;
+  LlamaWeights w;
+  w.embed = m.embed;
+  for (const Layer& y : m.layers) {
+    LlamaLayerWeights lw;
+    lw.ln1 = y.ln1, lw.ln2 = y.ln2;
+    for (const auto& lin : y.qkv.linears) {
+      lw.qkv_weight.push_back(lin->weight);
+      lw.qkv_bias.push_back(lin->bias);
+    }
+    lw.o_weight = y.o->weight, lw.o_bias = y.o->bias;
+    lw.gate_up_weight = y.gate_up->weight, lw.gate_up_bias = y.gate_up->bias;
+    lw.down_weight = y.down->weight, lw.down_bias = y.down->bias;
+    w.layers.push_back(std::move(lw));
+  }
+  w.norm = m.norm;
+  w.lm_head = m.lm_head->weight;
+  w.inv_freq = m.inv_freq;
+  return w;
+}
+
 // ---- sizes -------------------------------------------------------------------------------
 
 // Bytes, from the shapes (a = bytes per activation element; N = rows * T):

@@ -71,6 +71,27 @@ bool separate_qkv(const Recipe& recipe);
 // layout, or separate q, k, v Parameters where separate_qkv(recipe)).
 std::vector<HfSlice> hf_slices(const ModelConfig& c, const Recipe& recipe);
 
+// The tensors the forward reads, for inference code outside the model
+// (model/generate.cpp runs them with a key/value cache): views of the model's
+// own storage (they follow later optimizer updates), in the model's dtype, on
+// its device. Hugging Face layouts: a weight is [out, in]; biases undefined
+// where the config has none.
+struct LlamaLayerWeights {
+  Tensor ln1, ln2;                 // input_layernorm, post_attention_layernorm [d]
+  std::vector<Tensor> qkv_weight;  // {q|k|v [(Hq + 2 Hkv) D, d]} fused, or {q, k, v} (separate_qkv)
+  std::vector<Tensor> qkv_bias;    // one per qkv_weight entry (each undefined without bias)
+  Tensor o_weight, o_bias;              // [d, Hq D]
+  Tensor gate_up_weight, gate_up_bias;  // [2F, d]: gate rows, then up
+  Tensor down_weight, down_bias;        // [d, F]
+};
+struct LlamaWeights {
+  Tensor embed;  // [V, d]
+  std::vector<LlamaLayerWeights> layers;
+  Tensor norm;      // [d]
+  Tensor lm_head;   // [V, d] (the embedding itself when tied)
+  Tensor inv_freq;  // f32 [D / 2]: RoPE inverse frequencies (rope.h)
+};
+
 class LlamaModel {
  public:
   // Weights are allocated, not initialized: call init_weights() or load().
@@ -105,6 +126,9 @@ class LlamaModel {
   void forward_loss(const Batch& batch, Tensor& loss_sum);
   // Full logits, f32 [rows * T, vocab], for tests and small models.
   Tensor logits(const Batch& batch);
+
+  // The weights as plain tensors (see LlamaWeights), for inference.
+  LlamaWeights weights() const;
 
   ModelMemory memory(int64_t rows, int64_t seq_len) const;
   // Training FLOPs per token (forward + backward) at this sequence length:
