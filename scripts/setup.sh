@@ -2,6 +2,9 @@
 # Installs what halo needs to build and test (Debian packages), then configures
 # and builds it in ./build. CUDA code is compiled when nvcc is found (in PATH or
 # /usr/local/cuda/bin); without it the CPU-only build is made.
+# Environment: HALO_BUILD_DIR (default build), HALO_BUILD_TARGET (e.g. halo: that
+# target only; default everything, tests included), HALO_CMAKE_ARGS (extra cmake
+# options, e.g. -DHALO_CUDA=OFF).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +26,6 @@ fi
 cuda_flag="-DHALO_CUDA=ON"
 command -v nvcc >/dev/null 2>&1 || { echo "setup: nvcc not found, building without CUDA"; cuda_flag="-DHALO_CUDA=OFF"; }
 
-cmake -S . -B build -G Ninja $cuda_flag ${HALO_CMAKE_ARGS:-} >/dev/null
-cmake --build build -j "$(nproc)"
+build_dir=${HALO_BUILD_DIR:-build}
+cmake -S . -B "$build_dir" -G Ninja $cuda_flag ${HALO_CMAKE_ARGS:-} >/dev/null
+cmake --build "$build_dir" -j "$(nproc)" ${HALO_BUILD_TARGET:+--target "$HALO_BUILD_TARGET"}

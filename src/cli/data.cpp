@@ -1,5 +1,6 @@
 // halo data synth: a learnable synthetic token file (data/synthetic.h) for
-// trying the trainer without a tokenizer or a dataset.
+// trying the trainer without a tokenizer or a dataset; the usage of the other
+// data subcommands (sql, jsonl) and the dispatch to them.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -17,7 +18,15 @@ namespace {
 const char* kDataUsage =
     "usage: halo data synth --out FILE [--docs N] [--vocab V] [--seed S] [--min-len L] [--max-len L]\n"
     "  writes a token file of N documents (default 1000) of counting and repeated-motif patterns\n"
-    "  over a vocabulary of V tokens (default 256), lengths uniform in [min-len, max-len] (16, 128)\n";
+    "  over a vocabulary of V tokens (default 256), lengths uniform in [min-len, max-len] (16, 128)\n"
+    "usage: halo data sql --out DIR [--train N] [--test N] [--seed S]\n"
+    "  writes DIR/train.jsonl (default 2000) and DIR/test.jsonl (200) of chat examples: a question\n"
+    "  about a table answered with SQL (data/sql_task.h); the test questions are not in train\n"
+    "usage: halo data jsonl --input FILE.jsonl --tokenizer MODEL_DIR --out FILE.tok\n"
+    "                       [--template auto|none|llama3|chatml|llama2|mistral] [--loss assistant|all]\n"
+    "  tokenizes {\"messages\"}, {\"prompt\", \"completion\"} or {\"text\"} records (data/jsonl.h) with\n"
+    "  the model's tokenizer and chat template into a token file whose loss counts only the\n"
+    "  answers (--loss all: every token); prints the records, tokens and counted tokens\n";
 
 int synth(const std::vector<std::string>& argv) {
   Args args(argv, {});
@@ -44,6 +53,8 @@ int data(const std::vector<std::string>& argv) {
     return argv.empty() ? 2 : 0;
   }
   if (argv[0] == "synth") return synth({argv.begin() + 1, argv.end()});
+  if (argv[0] == "sql") return data_sql({argv.begin() + 1, argv.end()});  // data_sql.cpp
+  if (argv[0] == "jsonl") return data_jsonl({argv.begin() + 1, argv.end()});  // data_jsonl.cpp
   std::fprintf(stderr, "halo data: unknown subcommand '%s'\n\n%s", argv[0].c_str(), kDataUsage);
   return 2;
 }

@@ -28,10 +28,21 @@ const char* kUsage =
     "                 --config FILE --out DIR [--seed S] [--dtype bf16|f32]\n"
     "  data synth     a learnable synthetic token file for trying the trainer\n"
     "                 --out FILE [--docs N] [--vocab V] [--seed S] [--min-len L] [--max-len L]\n"
+    "  data sql       a chat JSONL task: questions about a table answered with SQL (train/test)\n"
+    "                 --out DIR [--train N] [--test N] [--seed S]\n"
+    "  eval           a model on chat JSONL records: loss, or generated answers scored by a metric\n"
+    "                 --model DIR --data FILE.jsonl --metric loss|exact|sql|gsm8k|viggo\n"
+    "                 [--max-new-tokens N] [--limit N] [--output results.jsonl] [--device cpu|cuda] [--batch N]\n"
+    "  report         an HTML page of runs (loss curves) and evaluations (accuracy, examples)\n"
+    "                 --run NAME=RUN_DIR ... --eval NAME=results.jsonl ... --out report.html\n"
     "  convert        a llama.cpp GGUF file as a Hugging Face model directory\n"
     "                 MODEL.gguf --out DIR [--dtype bf16|f32]\n"
     "  logits         the logits of a model directory for fixed token ids (to compare)\n"
     "                 --model DIR --ids 1,2,3 --out FILE.safetensors [--device cpu|cuda]\n"
+    "  generate       text from a model directory with a key/value cache (chat template unless --raw)\n"
+    "                 --model DIR (--prompt TEXT | --input FILE.jsonl) [--max-new-tokens N]\n"
+    "                 [--temperature T] [--top-p P] [--seed S] [--device cpu|cuda] [--raw]\n"
+    "                 [--template NAME] [--output FILE.jsonl] [--batch N]\n"
     "  tokenize       encode text with a tokenizer.json: the tokens and ids, or for a file the rate\n"
     "                 --tokenizer DIR|FILE (--text STRING | --file F [--lines] [--threads N])\n"
     "                 [--ids] [--no-special] [--add-special]\n"
@@ -63,6 +74,9 @@ int main(int argc, char** argv) {
     if (cmd == "convert") return halo::cli::convert({args.begin() + 1, args.end()});
     if (cmd == "logits") return halo::cli::logits({args.begin() + 1, args.end()});
     if (cmd == "tokenize") return halo::cli::tokenize({args.begin() + 1, args.end()});
+    if (cmd == "generate") return halo::cli::generate({args.begin() + 1, args.end()});
+    if (cmd == "eval") return halo::cli::eval({args.begin() + 1, args.end()});
+    if (cmd == "report") return halo::cli::report({args.begin() + 1, args.end()});
     std::fprintf(stderr, "halo: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {
