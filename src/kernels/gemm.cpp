@@ -98,11 +98,6 @@ void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* a, int
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
               K, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
-void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const double* a, int64_t lda,
-          const double* b, int64_t ldb, double* c, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-              K, 1.0, a, lda, b, ldb, 0.0, c, ldc);
-}
 
 // Every value of a host tensor as T, exactly (f32 data is used in place when T is float).
 template <class T>
@@ -188,25 +183,29 @@ void write_output(Tensor& d, const GemmOptions& opt, F value) {
     }
 }
 
-// T = float for f32/bf16/fp8 operands, double for i8 (exact integer sums).
-template <class T>
+// Products of i8 operands are summed exactly in f32 over chunks of at most
+// 1024 along K: every partial sum is an integer of magnitude <= 128 * 128 *
+// 1024 = 2^24, which f32 holds exactly, and the chunks add up in f64.
+constexpr int64_t kExactI8ChunkF32 = 1024;
+
 void gemm_cpu(const detail::GemmOperand& a, const detail::GemmOperand& b, Tensor& d,
               const GemmOptions& opt) {
   const auto [M, N, K] = detail::gemm_dims(a, b);
   if (M == 0 || N == 0) return;
-  const Decoded<T> A = decode<T>(*a.data), B = decode<T>(*b.data);
+  const Decoded<float> A = decode<float>(*a.data), B = decode<float>(*b.data);
   const int64_t lda = a.data->size(1), ldb = b.data->size(1);
   // Block scales change along K every 128 elements: sum each 128-chunk separately.
   const bool blocked = (a.scale && is_block(a.granularity)) || (b.scale && is_block(b.granularity));
-  const int64_t chunk = blocked ? 128 : K;
-  std::vector<T> P(static_cast<size_t>(M * N));
+  const bool i8 = a.data->dtype() == DType::i8;
+  const int64_t chunk = blocked ? 128 : i8 ? kExactI8ChunkF32 : K;
+  std::vector<float> P(static_cast<size_t>(M * N));
   std::vector<double> acc(static_cast<size_t>(M * N), 0.0);
   std::vector<double> sa(static_cast<size_t>(M)), sb(static_cast<size_t>(N));
   for (int64_t k0 = 0; k0 < K; k0 += chunk) {
     const int64_t kc = std::min(chunk, K - k0);
     // Where column k0 of op(A) and row k0 of op(B) start.
-    const T* pa = A.p + (a.trans ? k0 * lda : k0);
-    const T* pb = B.p + (b.trans ? k0 : k0 * ldb);
+    const float* pa = A.p + (a.trans ? k0 * lda : k0);
+    const float* pb = B.p + (b.trans ? k0 : k0 * ldb);
     blas(a.trans, b.trans, M, N, kc, pa, lda, pb, ldb, P.data(), N);
     for (int64_t i = 0; i < M; ++i) sa[i] = scale_of(a, i, k0);
     for (int64_t j = 0; j < N; ++j) sb[j] = scale_of(b, j, k0);
@@ -228,10 +227,7 @@ void gemm_dispatch(const detail::GemmOperand& a, const detail::GemmOperand& b, T
     HALO_FAIL("gemm_nt: this build of halo has no CUDA support");
 #endif
   }
-  if (a.data->dtype() == DType::i8)
-    gemm_cpu<double>(a, b, d, opt);
-  else
-    gemm_cpu<float>(a, b, d, opt);
+  gemm_cpu(a, b, d, opt);
 }
 
 void validate_scale_i32(const Tensor& acc, const QTensor& a, const QTensor& b, const Tensor& d) {
