@@ -354,6 +354,13 @@ TEST_F(JsonlTraining, TrainCommandOnJsonl) {
   EXPECT_NE(r.out.find("data: " + c.data + ": 60 records"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("template chatml"), std::string::npos) << r.out;
   EXPECT_TRUE(fs::exists(fs::path(c.out) / "final" / "model.safetensors"));
+  // Checkpoints carry the tokenizer: final/ is a complete model directory.
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json"})
+    if (fs::exists(fs::path(c.tokenizer) / name))
+      EXPECT_EQ(read_file((fs::path(c.out) / "final" / name).string()),
+                read_file((fs::path(c.tokenizer) / name).string()))
+          << name;
+  EXPECT_TRUE(fs::exists(fs::path(c.out) / "final" / "tokenizer.json"));
   const std::string saved = read_file((fs::path(c.out) / "step-00000002" / "run_config.toml").string());
   EXPECT_NE(saved.find("template = \"chatml\""), std::string::npos) << saved;
   EXPECT_NE(saved.find("packing = \"pad\""), std::string::npos) << saved;

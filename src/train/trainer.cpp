@@ -163,6 +163,21 @@ double evaluate(LlamaModel& model, const TokenFile& file, const std::vector<int6
   return counted > 0 ? sum / static_cast<double>(counted) : kNaN;
 }
 
+// The tokenizer files beside the model a run reads (config.tokenizer, a
+// directory or its tokenizer.json, else the model directory), copied into
+// each checkpoint so that it is a complete model directory for generate and
+// eval. None for a random-init run without a tokenizer.
+constexpr const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                           "generation_config.json"};
+
+void copy_tokenizer_files(const TrainConfig& c, const std::string& dir) {
+  fs::path from = !c.tokenizer.empty() ? fs::path(c.tokenizer) : fs::path(c.model);
+  if (from.empty()) return;
+  if (!fs::is_directory(from)) from = from.parent_path();
+  for (const char* name : kTokenizerFiles)
+    if (fs::is_regular_file(from / name)) fs::copy_file(from / name, fs::path(dir) / name);
+}
+
 // out/final: the model files of checkpoint `ckpt` (all but the training
 // state), hard-linked where possible, else copied; replaces an older final/.
 std::string export_final(const std::string& out, const std::string& ckpt) {
@@ -430,7 +445,11 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
     state.extra["train_seconds"] = train_seconds;
     r.checkpoint = save_checkpoint(
         config.out, state, optimizer.state_dict(), config_toml,
-        [&](const std::string& dir) { model.save(dir, save_dtype); }, config.keep_checkpoints);
+        [&](const std::string& dir) {
+          model.save(dir, save_dtype);
+          copy_tokenizer_files(config, dir);
+        },
+        config.keep_checkpoints);
     last_saved = step;
     last_good = r.checkpoint;
     log("step " + std::to_string(step) + ": checkpoint " + r.checkpoint);

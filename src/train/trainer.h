@@ -5,7 +5,8 @@
 // What a run writes under config.out:
 //   step-NNNNNNNN/   checkpoints (train/checkpoint.h): a Hugging Face model
 //                    directory (weights in save_dtype) plus the optimizer
-//                    state, the trainer state and the resolved config
+//                    state, the trainer state and the resolved config, and
+//                    the tokenizer files of the model (or of config.tokenizer)
 //   metrics.jsonl    one object per step {"step", "loss", "grad_norm", "lr",
 //                    "tokens", "tokens_per_s", "step_ms", "skipped"} and one
 //                    per evaluation {"step", "val_loss"}
