@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
+#include "testing.h"
 
 namespace halo {
 namespace {
@@ -55,15 +56,7 @@ std::vector<ChatMessage> messages_of(const json& j) {
   return out;
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 // Python's str.strip() for the ASCII white space the fixtures hold.
 std::string trim(const std::string& s) {

@@ -27,15 +27,9 @@ namespace {
 namespace fs = std::filesystem;
 using testing::run_halo;
 
-const fs::path kFixtures =
-    std::getenv("HALO_FIXTURES") ? fs::path(std::getenv("HALO_FIXTURES")) : fs::path(__FILE__).parent_path() / "fixtures";
+const fs::path kFixtures = testing::fixtures_dir();
 
-fs::path temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("halo_test_eval_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+using testing::temp_dir;
 
 std::vector<std::string> read_lines(const fs::path& path) {
   std::ifstream in(path);

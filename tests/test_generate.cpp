@@ -34,15 +34,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const fs::path kFixtures =
-    std::getenv("HALO_FIXTURES") ? fs::path(std::getenv("HALO_FIXTURES")) : fs::path(__FILE__).parent_path() / "fixtures";
+const fs::path kFixtures = testing::fixtures_dir();
 
-fs::path temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("halo_test_generate_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+using testing::temp_dir;
 
 ModelConfig tiny_config(const std::string& type = "llama", bool tied = false, bool bias = false, int64_t vocab = 128) {
   ModelConfig c;

@@ -34,15 +34,7 @@ fs::path tokenizer_dir(const std::string& name) {
   return fs::path(__FILE__).parent_path() / "fixtures" / "tokenizers" / name;
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 class Jsonl : public ::testing::Test {
  protected:

@@ -27,17 +27,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// tests/fixtures of the source tree, or $HALO_FIXTURES (binaries run elsewhere, e.g. on a GPU machine).
-const fs::path kFixtures =
-    std::getenv("HALO_FIXTURES") ? fs::path(std::getenv("HALO_FIXTURES")) : fs::path(__FILE__).parent_path() / "fixtures";
+const fs::path kFixtures = testing::fixtures_dir();
 
-// A fresh empty directory under the system's temporary directory.
-fs::path temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("halo_test_model_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+using testing::temp_dir;
 
 ModelConfig tiny_config(const std::string& type = "llama", bool tied = false, bool bias = false) {
   ModelConfig c;

@@ -14,16 +14,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The message of the Error `f` throws ("" if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 #define EXPECT_ERROR_HAS(stmt, ...)                                              \
   do {                                                                           \

@@ -23,15 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using Docs = std::vector<std::vector<uint32_t>>;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 // Documents of random lengths in [1, max_len] and tokens in [0, vocab).
 Docs random_docs(int n, int max_len, uint32_t vocab, uint64_t seed) {

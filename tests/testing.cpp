@@ -2,6 +2,8 @@
 
 #include <sys/wait.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 
@@ -48,5 +50,18 @@ CommandResult run_command(const std::string& command) {
 }
 
 CommandResult run_halo(const std::string& args) { return run_command(halo_bin() + " " + args); }
+
+std::filesystem::path fixtures_dir() {
+  const char* env = std::getenv("HALO_FIXTURES");
+  return env ? std::filesystem::path(env) : std::filesystem::path(__FILE__).parent_path() / "fixtures";
+}
+
+std::filesystem::path temp_dir(const std::string& name) {
+  const std::filesystem::path p =
+      std::filesystem::temp_directory_path() / ("halo_test_" + name + "_" + std::to_string(getpid()));
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p;
+}
 
 }  // namespace halo::testing

@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "core/allocator.h"
+#include "core/error.h"
 #include "core/tensor.h"
 #include "kernels/selfcheck.h"
 
@@ -31,6 +33,25 @@ struct CommandResult {
 CommandResult run_command(const std::string& command);
 // Runs `halo ARGS` (the program under test).
 CommandResult run_halo(const std::string& args);
+
+// tests/fixtures of the source tree, or $HALO_FIXTURES (binaries run
+// elsewhere, e.g. on a GPU machine).
+std::filesystem::path fixtures_dir();
+
+// A fresh empty directory under the system's temporary directory, unique to
+// this process: halo_test_<name>_<pid>.
+std::filesystem::path temp_dir(const std::string& name);
+
+// The message of the halo::Error `f` throws ("" if none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 }  // namespace halo::testing
 
