@@ -56,6 +56,22 @@ TEST(Cli, ErrorsNameTheProblem) {
   EXPECT_NE(r.out.find("unknown command 'launch'"), std::string::npos) << r.out;
 }
 
+TEST(Cli, HelpOfEachCommand) {
+  // Each command's own lines of the usage, and nothing of the others.
+  const std::pair<const char*, const char*> cases[] = {
+      {"eval --help", "--metric loss|exact|sql|gsm8k|viggo"},
+      {"bench train -h", "--recompute"},
+      {"generate --model x --help", "--top-p P"},
+      {"convert --help", "MODEL.gguf --out DIR"},
+  };
+  for (const auto& [args, expect] : cases) {
+    const Result r = run(args);
+    EXPECT_EQ(r.status, 0) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find(expect), std::string::npos) << args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("tokenize "), std::string::npos) << args << "\n" << r.out;
+  }
+}
+
 TEST(Cli, DoctorReportsTheBuild) {
   const Result r = run("doctor");
   EXPECT_EQ(r.status, 0) << r.out;

@@ -30,9 +30,12 @@ const char* kUsage =
     "                 --out FILE [--docs N] [--vocab V] [--seed S] [--min-len L] [--max-len L]\n"
     "  data sql       a chat JSONL task: questions about a table answered with SQL (train/test)\n"
     "                 --out DIR [--train N] [--test N] [--seed S]\n"
+    "  data jsonl     chat / prompt-completion / text JSONL as a token file whose loss counts the answers\n"
+    "                 --input FILE.jsonl --tokenizer MODEL_DIR --out FILE.tok [--template NAME] [--loss assistant|all]\n"
     "  eval           a model on chat JSONL records: loss, or generated answers scored by a metric\n"
     "                 --model DIR --data FILE.jsonl --metric loss|exact|sql|gsm8k|viggo\n"
     "                 [--max-new-tokens N] [--limit N] [--output results.jsonl] [--device cpu|cuda] [--batch N]\n"
+    "                 [--tokenizer DIR] [--template NAME] [--json]\n"
     "  report         an HTML page of runs (loss curves) and evaluations (accuracy, examples)\n"
     "                 --run NAME=RUN_DIR ... --eval NAME=results.jsonl ... --out report.html\n"
     "  convert        a llama.cpp GGUF file as a Hugging Face model directory\n"
@@ -50,6 +53,32 @@ const char* kUsage =
     "recipes: bf16, halo{0,1,2}-{int8,fp8}, ideal-{int8,fp8}; options after '+':\n"
     "         tensor|row|1x128|128x128 (scales), e5m2 (gradients), sr (stochastic rounding), sim\n";
 
+// The lines of kUsage that describe `name` ("eval", "bench train"): its own
+// line and the indented lines under it; "" when kUsage has none.
+std::string command_usage(const std::string& name) {
+  const std::string text = kUsage, head = "  " + name + " ";
+  std::string out;
+  size_t pos = 0;
+  bool inside = false;
+  while (pos < text.size()) {
+    const size_t end = text.find('\n', pos);
+    const std::string line = text.substr(pos, end - pos + 1);
+    pos = end + 1;
+    if (line.rfind(head, 0) == 0)
+      inside = true;
+    else if (line.rfind("                 ", 0) != 0)
+      inside = false;
+    if (inside) out += line;
+  }
+  return out;
+}
+
+bool asks_for_help(const std::vector<std::string>& args) {
+  for (const std::string& a : args)
+    if (a == "--help" || a == "-h") return true;
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,6 +90,15 @@ int main(int argc, char** argv) {
   }
   try {
     const std::string cmd = args[0];
+    // `halo train --help` and `halo data --help` print their own, longer help.
+    if (cmd != "train" && cmd != "data" && asks_for_help(args)) {
+      const std::string usage =
+          command_usage(cmd == "bench" && args.size() >= 2 ? cmd + " " + args[1] : cmd);
+      if (!usage.empty()) {
+        std::fputs(("usage: halo <command> [options]\n" + usage).c_str(), stdout);
+        return 0;
+      }
+    }
     if (cmd == "bench" && args.size() >= 2 && args[1] == "linear")
       return halo::cli::bench_linear({args.begin() + 2, args.end()});
     if (cmd == "bench" && args.size() >= 2 && args[1] == "kernels")
