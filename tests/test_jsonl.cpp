@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -303,8 +304,17 @@ TrainOptions quiet() {
 
 TEST_F(JsonlTraining, LossCountsTheAnswers) {
   TrainConfig c = run("assistant", 30);
+  c.eval_data = path("chat.jsonl");  // the answers the trained model generates at the end
+  c.eval_max_new_tokens = 6;
   const TrainResult a = run_training(c, quiet());
   ASSERT_EQ(a.steps, 30);
+  // It has learnt to answer "OK.": the generated answers match.
+  EXPECT_GT(a.accuracy, 0.9);
+  const std::string answers = read_file((fs::path(c.out) / "eval.jsonl").string());
+  EXPECT_EQ(std::count(answers.begin(), answers.end(), '\n'), 60) << answers.substr(0, 400);
+  EXPECT_NE(answers.find("\"prediction\":\"OK.\""), std::string::npos) << answers.substr(0, 400);
+  EXPECT_NE(read_file((fs::path(c.out) / "metrics.jsonl").string()).find("\"accuracy\""), std::string::npos);
+  c.eval_data = "";
   c.loss_on = "all";
   c.out = path("all");
   const TrainResult all = run_training(c, quiet());
@@ -361,6 +371,13 @@ TEST_F(JsonlTraining, TrainCommandOnJsonl) {
       testing::run_halo("train --init " + c.init + " --data " + c.data + " --steps 1 --out " + path("x"));
   EXPECT_NE(no_tok.status, 0);
   EXPECT_NE(no_tok.out.find("set 'tokenizer'"), std::string::npos) << no_tok.out;
+  // A bad eval_data file stops the run before it trains.
+  const auto bad_eval = testing::run_halo("train --init " + c.init + " --tokenizer " + c.tokenizer + " --data " +
+                                          c.data + " --eval_data " + path("missing.jsonl") +
+                                          " --steps 1 --device cpu --out " + path("y"));
+  EXPECT_NE(bad_eval.status, 0);
+  EXPECT_NE(bad_eval.out.find("missing.jsonl"), std::string::npos) << bad_eval.out;
+  EXPECT_FALSE(fs::exists(fs::path(path("y")) / "metrics.jsonl")) << bad_eval.out;
 }
 
 }  // namespace

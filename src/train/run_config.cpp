@@ -60,6 +60,9 @@ const std::vector<Key>& keys() {
       {"recompute", &TrainConfig::recompute},
       {"eval_interval", &TrainConfig::eval_interval},
       {"eval_batches", &TrainConfig::eval_batches},
+      {"eval_data", &TrainConfig::eval_data},
+      {"eval_metric", &TrainConfig::eval_metric},
+      {"eval_max_new_tokens", &TrainConfig::eval_max_new_tokens},
       {"save_interval", &TrainConfig::save_interval},
       {"keep_checkpoints", &TrainConfig::keep_checkpoints},
       {"out", &TrainConfig::out},
@@ -157,6 +160,11 @@ std::string key_problem(const TrainConfig& c, std::string_view name) {
     return one_of(c.master_weights, {"fp32", "bf16"}) ? "" : "must be fp32 or bf16, got '" + c.master_weights + "'";
   if (name == "eval_interval") return at_least(c.eval_interval, 0);
   if (name == "eval_batches") return at_least(c.eval_batches, 0);
+  if (name == "eval_metric")
+    return one_of(c.eval_metric, {"exact", "sql", "gsm8k", "viggo"})
+               ? ""
+               : "must be exact, sql, gsm8k or viggo, got '" + c.eval_metric + "'";
+  if (name == "eval_max_new_tokens") return at_least(c.eval_max_new_tokens, 1);
   if (name == "save_interval") return at_least(c.save_interval, 0);
   if (name == "keep_checkpoints") return at_least(c.keep_checkpoints, 0);
   if (name == "out") return c.out.empty() ? "must not be empty" : "";

@@ -37,6 +37,10 @@
 //   recompute       recompute activations in backward     false
 //   eval_interval   steps between evaluations (0: at the end only)   0
 //   eval_batches    micro-batches per evaluation (0: the whole set)  0
+//   eval_data       JSONL records whose answers the trained model generates at
+//                   the end of the run, scored by eval_metric (eval/evaluate.h)   "": none
+//   eval_metric     exact | sql | gsm8k | viggo            "exact"
+//   eval_max_new_tokens  tokens generated per answer       128
 //   save_interval   steps between checkpoints (0: at the end only)   0
 //   keep_checkpoints  newest checkpoints kept (0: all)    2
 //   out             run directory (checkpoints, metrics)  "runs/halo"
@@ -84,6 +88,9 @@ struct TrainConfig {
   bool recompute = false;
   int64_t eval_interval = 0;
   int64_t eval_batches = 0;
+  std::string eval_data;
+  std::string eval_metric = "exact";
+  int64_t eval_max_new_tokens = 128;
   int64_t save_interval = 0;
   int64_t keep_checkpoints = 2;
   std::string out = "runs/halo";

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "data/jsonl.h"
 #include "data/token_data.h"
+#include "eval/evaluate.h"
 #include "io/atomic_file.h"
 #include "model/config.h"
 #include "model/llama.h"
@@ -287,9 +288,10 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   const ModelConfig mc = load_config(model_source);
   // A token file, or a JSONL file tokenized now with the run's tokenizer and chat template (data/jsonl.h).
   std::optional<Tokenizer> tokenizer;
+  const std::string tokenizer_source = !config.tokenizer.empty() ? config.tokenizer : config.model;
   const auto open_data = [&](const std::string& path) {
     if (path.size() < 6 || path.compare(path.size() - 6, 6, ".jsonl") != 0) return TokenFile(path);
-    const std::string source = !config.tokenizer.empty() ? config.tokenizer : config.model;
+    const std::string& source = tokenizer_source;
     if (!tokenizer) tokenizer = Tokenizer::load(source);
     JsonlOptions jo;
     jo.chat_template = config.chat_template;
@@ -300,6 +302,15 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
     return TokenFile::from_documents(path, d.docs, &d.masks, tokenizer->vocab_size());
   };
   const TokenFile train_file = open_data(config.data);
+  // The records whose answers the trained model generates at the end, read
+  // now so that a bad file stops the run before it trains.
+  std::vector<EvalRecord> eval_records;
+  if (!config.eval_data.empty()) {
+    HALO_CHECK(!tokenizer_source.empty(), "eval_data: a run from 'init' needs a 'tokenizer' to generate answers");
+    if (!tokenizer) tokenizer = Tokenizer::load(tokenizer_source);
+    eval_records = read_eval_records(config.eval_data);
+    HALO_CHECK(!eval_records.empty(), config.eval_data, ": no records to evaluate");
+  }
   const auto check_vocab = [&](const TokenFile& f) {
     HALO_CHECK(mc.vocab_size >= static_cast<int64_t>(f.vocab_size()), f.path(), ": token ids go up to vocab_size ",
                f.vocab_size(), " but the model (", model_source, ") has a vocabulary of ", mc.vocab_size);
@@ -568,6 +579,27 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   // The run is complete: the last checkpoint (or the one resumed, when there was nothing left to do) is the model.
   const std::string last_dir = last_saved == step && !last_good.empty() ? last_good : std::string();
   if (!last_dir.empty()) r.final_dir = export_final(config.out, last_dir);
+  if (!eval_records.empty()) {
+    GenerationSettings settings;
+    settings.metric = parse_metric(config.eval_metric);
+    settings.max_new_tokens = config.eval_max_new_tokens;
+    const ChatTemplate chat_template = config.chat_template == "auto" || config.chat_template == "none"
+                                           ? detect_chat_template(*tokenizer, tokenizer_source)
+                                           : parse_chat_template(config.chat_template);
+    const GenerationResult g = evaluate_generation(model, *tokenizer, chat_template, eval_records, settings);
+    std::string lines;
+    for (const GenerationRecord& rec : g.records) lines += generation_record_jsonl(rec) + "\n";
+    const std::string answers = (fs::path(config.out) / "eval.jsonl").string();
+    write_file_atomic(answers, lines);
+    r.accuracy = g.accuracy;
+    metrics.write({{"step", step},
+                   {"accuracy", g.accuracy},
+                   {"eval_metric", config.eval_metric},
+                   {"eval_records", static_cast<int64_t>(g.records.size())}});
+    say(strf("eval: %s on %s: %.1f%% (%lld/%lld), answers in %s", config.eval_metric.c_str(),
+             config.eval_data.c_str(), 100.0 * g.accuracy, static_cast<long long>(g.correct),
+             static_cast<long long>(g.records.size()), answers.c_str()));
+  }
   say(strf("done: %lld steps, loss %.4f, validation loss %.4f, %s tokens/s; model in %s", static_cast<long long>(step),
            r.loss, r.val_loss, format_count(r.tokens_per_s).c_str(), r.final_dir.c_str()));
   return r;

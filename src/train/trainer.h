@@ -9,7 +9,10 @@
 //                    the tokenizer files of the model (or of config.tokenizer)
 //   metrics.jsonl    one object per step {"step", "loss", "grad_norm", "lr",
 //                    "tokens", "tokens_per_s", "step_ms", "skipped"} and one
-//                    per evaluation {"step", "val_loss"}
+//                    per evaluation {"step", "val_loss"}, and with eval_data
+//                    one at the end {"step", "accuracy", "eval_metric", "eval_records"}
+//   eval.jsonl       with eval_data: the final model's answers, one per record
+//                    (eval/evaluate.h)
 //   final/           the trained model (config.json, model.safetensors) once the
 //                    run completes: hard links to the last checkpoint's model
 //                    files (a copy where links are not possible)
@@ -65,6 +68,7 @@ struct TrainResult {
   std::vector<double> losses;  // the loss of each step this run took: steps first_step + 1, ...
   double loss = std::numeric_limits<double>::quiet_NaN();      // the last step's
   double val_loss = std::numeric_limits<double>::quiet_NaN();  // the last evaluation's (NaN: none)
+  double accuracy = std::numeric_limits<double>::quiet_NaN();  // on eval_data at the end (NaN: none)
   int64_t skipped_steps = 0;                                   // over the whole run
   double tokens_per_s = 0.0;                                   // this run's training tokens over its step time
   int signal = 0;          // SIGINT or SIGTERM when one stopped the run early, else 0
