@@ -1,9 +1,6 @@
 #include "io/gguf.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -13,6 +10,7 @@
 #include <system_error>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
 #include "core/numerics.h"
 #include "io/atomic_file.h"
 
@@ -555,24 +553,10 @@ GgufReader::GgufReader(GgufReader&&) noexcept = default;
 GgufReader& GgufReader::operator=(GgufReader&&) noexcept = default;
 
 GgufReader::GgufReader(const std::string& path) : path_(path), map_(std::make_unique<Mapping>()) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  HALO_CHECK(fd >= 0, path, ": cannot open: ", std::system_category().message(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    HALO_FAIL(path, ": not a regular file");
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size < 24) {
-    ::close(fd);
-    HALO_FAIL(path, ": file is ", size, " bytes, too short for a GGUF header (24 bytes; truncated?)");
-  }
-  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);
-  HALO_CHECK(p != MAP_FAILED, path, ": mmap failed: ", std::system_category().message(err));
-  map_->base = static_cast<const std::byte*>(p);
-  map_->size = size;
+  const MappedBytes mapped = map_file_readonly(path, 24, "a GGUF header (24 bytes; truncated?)");
+  map_->base = mapped.base;
+  map_->size = mapped.size;
+  const uint64_t size = mapped.size;
 
   Cursor c(path, map_->base, size);
   const uint32_t magic = c.get<uint32_t>([] { return std::string("magic"); });

@@ -1,9 +1,6 @@
 #include "io/safetensors.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -13,6 +10,7 @@
 #include <system_error>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
 #include "io/atomic_file.h"
 
 namespace halo {
@@ -153,24 +151,10 @@ SafetensorsEntry parse_entry(const std::string& name, const json& v, const Mappi
 std::unique_ptr<Mapping> map_safetensors(const std::string& path) {
   auto m = std::make_unique<Mapping>();
   m->path = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  HALO_CHECK(fd >= 0, path, ": cannot open: ", std::system_category().message(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    HALO_FAIL(path, ": not a regular file");
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size < 8) {
-    ::close(fd);
-    HALO_FAIL(path, ": file is ", size, " bytes, too short for the 8-byte header length (truncated?)");
-  }
-  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);  // the map keeps the file open
-  HALO_CHECK(p != MAP_FAILED, path, ": mmap failed: ", std::system_category().message(err));
-  m->base = static_cast<const std::byte*>(p);
-  m->size = size;
+  const MappedBytes mapped = map_file_readonly(path, 8, "the 8-byte header length (truncated?)");
+  m->base = mapped.base;
+  m->size = mapped.size;
+  const uint64_t size = mapped.size;
 
   uint64_t header_len;
   std::memcpy(&header_len, m->base, 8);
