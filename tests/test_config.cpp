@@ -55,15 +55,8 @@ const char* kSmolLM2_135M = R"({
   "rope_interleaved": false, "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true,
   "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": true, "vocab_size": 49152})";
 
-class ConfigTest : public ::testing::Test {
+class ConfigTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("halo_cfg_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
   // Writes text as <dir>/<name>/config.json and returns that path.
   std::string write(const std::string& name, const std::string& text) {
     fs::create_directories(dir_ / name);
@@ -71,7 +64,6 @@ class ConfigTest : public ::testing::Test {
     std::ofstream(p) << text;
     return p;
   }
-  fs::path dir_;
 };
 
 template <class F>

@@ -37,21 +37,12 @@ fs::path tokenizer_dir(const std::string& name) {
 
 using testing::error_of;
 
-class Jsonl : public ::testing::Test {
+class Jsonl : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("halo_jsonl_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
   std::string write(const std::string& name, const std::string& text) const {
     write_file_atomic(path(name), text);
     return path(name);
   }
-  fs::path dir_;
 };
 
 // The mask as the JSONL reader keeps it: the render's counted flags, the first token's 0.

@@ -49,18 +49,7 @@ void expect_same_batch(const Batch& a, const Batch& b) {
   EXPECT_EQ(ints(a.doc_ids), ints(b.doc_ids));
 }
 
-class TokenData : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("halo_tok_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
+class TokenData : public testing::TempDirTest {};
 
 TEST_F(TokenData, WriterAndReaderRoundTrip) {
   const Docs docs = random_docs(57, 40, 1000, 1);

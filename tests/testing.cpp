@@ -64,4 +64,11 @@ std::filesystem::path temp_dir(const std::string& name) {
   return p;
 }
 
+void TempDirTest::SetUp() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  dir_ = temp_dir(std::string(info->test_suite_name()) + "_" + info->name());
+}
+
+void TempDirTest::TearDown() { std::filesystem::remove_all(dir_); }
+
 }  // namespace halo::testing

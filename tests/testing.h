@@ -42,6 +42,16 @@ std::filesystem::path fixtures_dir();
 // this process: halo_test_<name>_<pid>.
 std::filesystem::path temp_dir(const std::string& name);
 
+// A fixture with a fresh directory per test, temp_dir("<suite>_<test>"),
+// removed afterwards.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::filesystem::path dir_;
+};
+
 // The message of the halo::Error `f` throws ("" if none).
 template <class F>
 std::string error_of(F&& f) {

@@ -291,13 +291,12 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   const std::string tokenizer_source = !config.tokenizer.empty() ? config.tokenizer : config.model;
   const auto open_data = [&](const std::string& path) {
     if (path.size() < 6 || path.compare(path.size() - 6, 6, ".jsonl") != 0) return TokenFile(path);
-    const std::string& source = tokenizer_source;
-    if (!tokenizer) tokenizer = Tokenizer::load(source);
+    if (!tokenizer) tokenizer = Tokenizer::load(tokenizer_source);
     JsonlOptions jo;
     jo.chat_template = config.chat_template;
     jo.loss = parse_loss_on(config.loss_on);
     const JsonlDocuments d = read_jsonl_documents(path, *tokenizer, jo);
-    say("data: " + path + ": " + describe(d) + "; tokenizer " + source);
+    say("data: " + path + ": " + describe(d) + "; tokenizer " + tokenizer_source);
     HALO_CHECK(!d.docs.empty(), path, ": no record with a target to train on (", describe(d), ")");
     return TokenFile::from_documents(path, d.docs, &d.masks, tokenizer->vocab_size());
   };
