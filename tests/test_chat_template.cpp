@@ -27,7 +27,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-fs::path fixtures() { return fs::path(__FILE__).parent_path() / "fixtures"; }
+fs::path fixtures() { return testing::fixtures_dir(); }
 
 json read_json(const fs::path& p) {
   std::ifstream in(p);

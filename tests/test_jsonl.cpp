@@ -32,7 +32,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 fs::path tokenizer_dir(const std::string& name) {
-  return fs::path(__FILE__).parent_path() / "fixtures" / "tokenizers" / name;
+  return testing::fixtures_dir() / "tokenizers" / name;
 }
 
 using testing::error_of;

@@ -125,7 +125,7 @@ TEST_F(TokenData, ReaderRejectsMalformedFiles) {
 }
 
 TEST_F(TokenData, ReadsWhatTheNumpyScriptWrites) {
-  const fs::path script = fs::path(__FILE__).parent_path().parent_path() / "scripts" / "write_tokens.py";
+  const fs::path script = testing::repo_dir() / "scripts" / "write_tokens.py";
   ASSERT_TRUE(fs::exists(script)) << script;
   if (std::system("python3 -c 'import numpy' >/dev/null 2>&1") != 0) GTEST_SKIP() << "python3 with numpy not found";
   write_file_atomic(path("docs.jsonl"), "[5, 6, 7]\n{\"tokens\": [1]}\n[]\n{\"input_ids\": [0, 31999, 2]}\n");

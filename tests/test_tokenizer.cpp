@@ -36,8 +36,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 fs::path fixture_root() {
-  const char* env = std::getenv("HALO_FIXTURES");
-  return (env ? fs::path(env) : fs::path(__FILE__).parent_path() / "fixtures") / "tokenizers";
+  return testing::fixtures_dir() / "tokenizers";
 }
 
 std::string read_file(const fs::path& path) {

