@@ -135,7 +135,7 @@ TEST(Trainer, TinyRunLearnsAndEightBitRecipesTrackBf16) {
   // Measured (150 steps, 77k tokens): the first loss is 4.875, about
   // ln(128) = 4.852 (a uniform guess); the final validation loss is 3.354
   // (bf16), 3.357 (halo2-int8), 3.342 (halo1-fp8). The bounds leave margin:
-  // below 3.8 (1 nat under ln V), and within 3% of bf16.
+  // below 3.8 (1 nat under ln V), and within 2% of bf16 (the bar).
   std::map<std::string, TrainResult> results;
   for (const std::string recipe : {"bf16", "halo2-int8", "halo1-fp8"}) {
     const TrainConfig c = tiny_run("learn_" + recipe, recipe, 150);
@@ -162,7 +162,26 @@ TEST(Trainer, TinyRunLearnsAndEightBitRecipesTrackBf16) {
   }
   const double base = results["bf16"].val_loss;
   for (const std::string recipe : {"halo2-int8", "halo1-fp8"})
-    EXPECT_LT(std::fabs(results[recipe].val_loss - base), 0.03 * base) << recipe << " vs bf16 " << base;
+    EXPECT_LT(std::fabs(results[recipe].val_loss - base), 0.02 * base) << recipe << " vs bf16 " << base;
+}
+
+TEST(Trainer, TinyRunOnTheGpuEightBitRecipesTrackBf16) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  // The same run on the GPU (bf16 weights and activations, the CUDA 8-bit
+  // kernels): every recipe learns, and the 8-bit ones end within 2% of bf16.
+  std::map<std::string, double> val;
+  for (const std::string recipe : {"bf16", "halo2-int8", "halo1-fp8"}) {
+    TrainConfig c = tiny_run("gpu_" + recipe, recipe, 150);
+    c.device = "cuda";
+    const TrainResult r = run_training(c, quiet());
+    ASSERT_EQ(r.steps, 150) << recipe;
+    EXPECT_EQ(r.skipped_steps, 0) << recipe;
+    EXPECT_LT(r.val_loss, 3.8) << recipe << ": ln(V) = 4.85";
+    val[recipe] = r.val_loss;
+    std::printf("gpu tiny run %-10s validation loss %.4f\n", recipe.c_str(), r.val_loss);
+  }
+  for (const std::string recipe : {"halo2-int8", "halo1-fp8"})
+    EXPECT_LT(std::fabs(val[recipe] - val["bf16"]), 0.02 * val["bf16"]) << recipe << " vs bf16 " << val["bf16"];
 }
 
 TEST(Trainer, ResumeContinuesTheSameTrajectoryBitForBit) {
@@ -271,7 +290,7 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastGoodCheckpoint) {
 }
 
 TEST(Trainer, ExampleConfigsParse) {
-  const fs::path root = fs::path(__FILE__).parent_path().parent_path();
+  const fs::path root = testing::repo_dir();
   const TrainConfig c = load_train_config((root / "configs" / "tiny-train.toml").string());
   check_train_config(c);
   EXPECT_EQ(c.init, "configs/tiny-llama.json");

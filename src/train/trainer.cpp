@@ -601,6 +601,9 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   }
   say(strf("done: %lld steps, loss %.4f, validation loss %.4f, %s tokens/s; model in %s", static_cast<long long>(step),
            r.loss, r.val_loss, format_count(r.tokens_per_s).c_str(), r.final_dir.c_str()));
+  if (device == Device::cuda)
+    say("GPU memory: at most " + format_bytes(static_cast<double>(device_memory_stats().peak)) +
+        " held by tensors (planned " + format_bytes(static_cast<double>(planned)) + ")");
   return r;
 }
 
