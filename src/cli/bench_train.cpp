@@ -1,6 +1,6 @@
 // halo bench train: whole training steps (forward, backward, AdamW with f32
-// master weights on the GPU) on random tokens, per recipe: step time,
-// tokens/s, MFU and peak memory.
+// master weights on the GPU, or bf16 weights and states with --master-weights
+// bf16) on random tokens, per recipe: step time, tokens/s, MFU and peak memory.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -69,7 +69,8 @@ double median(std::vector<double> v) {
 int bench_train(const std::vector<std::string>& argv) {
   Args args(argv, {"recompute", "json"});
   args.check_all_used(
-      {"model", "config", "recipe", "batch", "seq-len", "steps", "warmup", "recompute", "device", "json", "seed"});
+      {"model", "config", "recipe", "batch", "seq-len", "steps", "warmup", "recompute", "device", "json", "seed",
+       "master-weights"});
   const std::string model_dir = args.get("model", ""), config_path = args.get("config", "");
   HALO_CHECK(model_dir.empty() != config_path.empty(),
              "bench train: give --model DIR (a Hugging Face model) or --config FILE (a config.json, random init)");
@@ -85,6 +86,9 @@ int bench_train(const std::vector<std::string>& argv) {
   const int64_t steps = args.get_int("steps", gpu ? 10 : 3), warmup = args.get_int("warmup", gpu ? 3 : 1);
   const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 0));
   const bool recompute = args.has("recompute"), json = args.has("json");
+  OptimizerOptions optimizer_options;
+  optimizer_options.master_weights = parse_master_weights(args.get("master-weights", "fp32"));
+  const char* master_name = optimizer_options.master_weights == MasterWeights::fp32 ? "f32" : "bf16";
   HALO_CHECK(batch > 0 && seq_len > 0, "--batch and --seq-len must be positive");
   HALO_CHECK(steps > 0 && warmup >= 0, "--steps must be positive and --warmup non-negative");
 
@@ -100,7 +104,7 @@ int bench_train(const std::vector<std::string>& argv) {
         model_dir.empty() ? (config_path + ", random init").c_str() : model_dir.c_str(), device_arg.c_str(),
         gpu && !gpus.empty() ? (" (" + gpus[0].name + ", bf16)").c_str() : " (f32)", static_cast<long long>(batch),
         static_cast<long long>(seq_len), recompute ? ", recompute" : "", static_cast<long long>(steps),
-        static_cast<long long>(warmup), gpu ? " (f32 master weights)" : "");
+        static_cast<long long>(warmup), gpu ? (std::string(" (") + master_name + " master weights)").c_str() : "");
   }
 
   std::vector<Row> rows;
@@ -124,17 +128,20 @@ int bench_train(const std::vector<std::string>& argv) {
         model.init_weights(seed);
       else
         model.load(model_dir);
-      Optimizer optimizer(model.parameters(), OptimizerOptions{});  // f32 master weights on the GPU
+      Optimizer optimizer(model.parameters(), optimizer_options);
       const Batch b = host.to(device);
       Tensor loss = Tensor::zeros({1}, DType::f32, device);
       std::vector<double> ms;
       for (int64_t i = 0; i < warmup + steps; ++i) {
+        const bool last = i == warmup + steps - 1;  // the step a profiler records (--profile-from-start off)
+        if (last) gpu_profiler_start();
         const auto t0 = std::chrono::steady_clock::now();
         model.zero_grad();
         loss.fill_zero();
         model.forward_backward(b, 1.0f / static_cast<float>(b.counted), loss);
         optimizer.finish_step(optimizer.step(1e-5f, 1.0f));  // waits for the GPU
         device_synchronize();
+        if (last) gpu_profiler_stop();
         const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         if (i >= warmup) ms.push_back(t);
       }
@@ -147,9 +154,9 @@ int bench_train(const std::vector<std::string>& argv) {
     if (json) {
       std::printf(
           "{\"recipe\": \"%s\", \"device\": \"%s\", \"batch\": %lld, \"seq_len\": %lld, \"recompute\": %s, "
-          "\"step_ms\": %.6g, \"tokens_per_s\": %.6g, \"mfu\": %s, \"peak_mem_bytes\": %s}\n",
+          "\"master_weights\": \"%s\", \"step_ms\": %.6g, \"tokens_per_s\": %.6g, \"mfu\": %s, \"peak_mem_bytes\": %s}\n",
           row.recipe.c_str(), device_arg.c_str(), static_cast<long long>(batch), static_cast<long long>(seq_len),
-          recompute ? "true" : "false", row.step_ms, row.tokens_per_s,
+          recompute ? "true" : "false", master_name, row.step_ms, row.tokens_per_s,
           row.mfu >= 0 ? std::to_string(row.mfu).c_str() : "null",
           row.peak_mem >= 0 ? std::to_string(row.peak_mem).c_str() : "null");
     }

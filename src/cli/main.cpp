@@ -16,7 +16,7 @@ const char* kUsage =
     "                 [--config run.toml] [--resume DIR|auto] [--key value ...]\n"
     "  bench train    whole training steps per recipe on random tokens: step time, tokens/s, MFU, memory\n"
     "                 --model DIR | --config config.json [--recipe R1,R2,...] [--batch B] [--seq-len T]\n"
-    "                 [--steps N] [--warmup W] [--recompute] [--device cpu|cuda] [--json]\n"
+    "                 [--steps N] [--warmup W] [--recompute] [--master-weights fp32|bf16] [--device cpu|cuda] [--json]\n"
     "  bench linear   speed and accuracy of the HALO linear layer per recipe\n"
     "                 --device cpu|cuda --recipe R1,R2,... --shape M,N,K [--outliers] [--bias]\n"
     "                 [--json] [--warmup N] [--iters N] [--seed S]\n"

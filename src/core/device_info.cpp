@@ -5,8 +5,11 @@
 
 #include <string>
 
+#include "core/allocator.h"
+
 #ifdef HALO_HAS_CUDA
 #include <cublasLt.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -54,6 +57,18 @@ std::vector<GpuInfo> gpu_info() {
   }
 #endif
   return out;
+}
+
+void gpu_profiler_start() {
+#ifdef HALO_HAS_CUDA
+  if (cuda_available()) cudaProfilerStart();
+#endif
+}
+
+void gpu_profiler_stop() {
+#ifdef HALO_HAS_CUDA
+  if (cuda_available()) cudaProfilerStop();
+#endif
 }
 
 }  // namespace halo

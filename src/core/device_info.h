@@ -24,4 +24,9 @@ struct GpuInfo {
 };
 std::vector<GpuInfo> gpu_info();  // empty without CUDA or devices
 
+// Marks the span a profiler started with --profile-from-start off records
+// (cudaProfilerStart / Stop); no-ops without CUDA or a GPU.
+void gpu_profiler_start();
+void gpu_profiler_stop();
+
 }  // namespace halo
