@@ -228,9 +228,11 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const FwdArgs a) {
   const uint32_t q_s = smem_base(), k_s = q_s + BR * RS, v_s = k_s + BC * RS;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int T = a.T, nq = (T + BR - 1) / BR;
-  const int q0 = (nq - 1 - static_cast<int>(blockIdx.x)) * BR;  // the longest rows first
-  const int h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
-  const int64_t row = static_cast<int64_t>(blockIdx.z) * T;  // first token of the batch row
+  // The grid runs z slowest: the query tiles with the most keys start first,
+  // for every head and batch row, so the short ones fill the tail.
+  const int q0 = (nq - 1 - static_cast<int>(blockIdx.z)) * BR;
+  const int h = blockIdx.x, hk = h / (a.Hq / a.Hkv);
+  const int64_t row = static_cast<int64_t>(blockIdx.y) * T;  // first token of the batch row
   const int64_t qstride = static_cast<int64_t>(a.Hq) * a.D, kstride = static_cast<int64_t>(a.Hkv) * a.D;
   const bf16* qg = a.q + row * qstride + static_cast<int64_t>(h) * a.D;
   const bf16* kg = a.k + row * kstride + static_cast<int64_t>(hk) * a.D;
@@ -423,9 +425,10 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
   const uint32_t lse_s = ds_s + BC * RSD, dvec_s = lse_s + ST * BR * 4;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int T = a.T, G = a.Hq / a.Hkv, nsplit = DP / DA;
-  const int k0 = static_cast<int>(blockIdx.x) * BC;  // key tile 0 (the most queries) first
-  const int hk = static_cast<int>(blockIdx.y) / nsplit, d0 = (static_cast<int>(blockIdx.y) % nsplit) * DA;
-  const int64_t row = static_cast<int64_t>(blockIdx.z) * T;
+  // z slowest: key tile 0 (the most queries) first for every head and row.
+  const int k0 = static_cast<int>(blockIdx.z) * BC;
+  const int hk = static_cast<int>(blockIdx.x) / nsplit, d0 = (static_cast<int>(blockIdx.x) % nsplit) * DA;
+  const int64_t row = static_cast<int64_t>(blockIdx.y) * T;
   const int64_t qstride = static_cast<int64_t>(a.Hq) * a.D, kstride = static_cast<int64_t>(a.Hkv) * a.D;
   const int32_t* doc = a.doc ? a.doc + row : nullptr;
   const int wkey = 16 * warp;                  // this warp's first key in the tile
@@ -662,13 +665,14 @@ template <int DP, int MT, int BC>
 void forward_with(const FwdArgs& a, int B) {
   constexpr int BR = 64 * MT;
   const size_t smem = static_cast<size_t>(BR + 2 * BC) * kRowBytes<DP>;
-  launch(attn_fwd_kernel<DP, MT, BC>, dim3((a.T + BR - 1) / BR, a.Hq, B), 128, smem, a, "attention forward");
+  // Longest-first over the whole grid (blocks start in x, y, z order).
+  launch(attn_fwd_kernel<DP, MT, BC>, dim3(a.Hq, B, (a.T + BR - 1) / BR), 128, smem, a, "attention forward");
 }
 
 template <int DP, int DA, int NW, int BR, int ST>
 void backward_with(const BwdArgs& a, int B) {
   constexpr int BC = 16 * NW;
-  launch(attn_bwd_kernel<DP, DA, NW, BR, ST>, dim3((a.T + BC - 1) / BC, a.Hkv * (DP / DA), B), NW * 32,
+  launch(attn_bwd_kernel<DP, DA, NW, BR, ST>, dim3(a.Hkv * (DP / DA), B, (a.T + BC - 1) / BC), NW * 32,
          bwd_smem_bytes<DP, DA, NW, BR, ST>(), a, "attention backward");
 }
 
