@@ -185,36 +185,43 @@ TEST(Trainer, TinyRunOnTheGpuEightBitRecipesTrackBf16) {
 }
 
 TEST(Trainer, ResumeContinuesTheSameTrajectoryBitForBit) {
-  // halo2-int8 with two micro-batches per step and an evaluation every 10 steps.
-  TrainConfig c = tiny_run("resume_a", "halo2-int8", 40);
-  c.batch = 4;
-  c.grad_accum = 2;
-  c.save_interval = 20;
-  c.keep_checkpoints = 0;
-  c.eval_interval = 10;
-  c.eval_batches = 1;
-  const TrainResult a = run_training(c, quiet());
-  ASSERT_EQ(a.losses.size(), 40u);
+  // halo2-int8 with two micro-batches per step and an evaluation every 10
+  // steps; and with stochastic rounding of the gradients (+sr), whose streams
+  // the checkpoint must carry too.
+  for (const std::string recipe : {"halo2-int8", "halo2-int8+sr"}) {
+    const std::string tag = recipe == "halo2-int8" ? "" : "_sr";
+    TrainConfig c = tiny_run("resume_a" + tag, recipe, 40);
+    c.batch = 4;
+    c.grad_accum = 2;
+    c.save_interval = 20;
+    c.keep_checkpoints = 0;
+    c.eval_interval = 10;
+    c.eval_batches = 1;
+    const TrainResult a = run_training(c, quiet());
+    ASSERT_EQ(a.losses.size(), 40u) << recipe;
 
-  TrainConfig cb = c;
-  cb.out = (workdir() / "resume_b").string();
-  fs::remove_all(cb.out);
-  TrainOptions ob = quiet();
-  ob.resume = (fs::path(c.out) / "step-00000020").string();
-  const TrainResult b = run_training(cb, ob);
-  EXPECT_EQ(b.first_step, 20);
-  ASSERT_EQ(b.losses.size(), 20u);
-  for (size_t i = 0; i < 20; ++i) EXPECT_EQ(b.losses[i], a.losses[20 + i]) << "step " << 21 + i;
-  EXPECT_EQ(b.val_loss, a.val_loss);
-  // The same weights and state at the end.
-  EXPECT_EQ(read_text(fs::path(b.checkpoint) / "model.safetensors"),
-            read_text(fs::path(a.checkpoint) / "model.safetensors"));
-  EXPECT_EQ(read_text(fs::path(b.checkpoint) / "training_state.safetensors"),
-            read_text(fs::path(a.checkpoint) / "training_state.safetensors"));
-  const TrainerState sa = load_trainer_state(a.checkpoint), sb = load_trainer_state(b.checkpoint);
-  EXPECT_EQ(sb.step, 40);
-  EXPECT_EQ(sb.data, sa.data);
-  EXPECT_EQ(sb.tokens, sa.tokens);
+    TrainConfig cb = c;
+    cb.out = (workdir() / ("resume_b" + tag)).string();
+    fs::remove_all(cb.out);
+    TrainOptions ob = quiet();
+    ob.resume = (fs::path(c.out) / "step-00000020").string();
+    const TrainResult b = run_training(cb, ob);
+    EXPECT_EQ(b.first_step, 20) << recipe;
+    ASSERT_EQ(b.losses.size(), 20u) << recipe;
+    for (size_t i = 0; i < 20; ++i) EXPECT_EQ(b.losses[i], a.losses[20 + i]) << recipe << ", step " << 21 + i;
+    EXPECT_EQ(b.val_loss, a.val_loss) << recipe;
+    // The same weights and state at the end.
+    EXPECT_EQ(read_text(fs::path(b.checkpoint) / "model.safetensors"),
+              read_text(fs::path(a.checkpoint) / "model.safetensors"))
+        << recipe;
+    EXPECT_EQ(read_text(fs::path(b.checkpoint) / "training_state.safetensors"),
+              read_text(fs::path(a.checkpoint) / "training_state.safetensors"))
+        << recipe;
+    const TrainerState sa = load_trainer_state(a.checkpoint), sb = load_trainer_state(b.checkpoint);
+    EXPECT_EQ(sb.step, 40) << recipe;
+    EXPECT_EQ(sb.data, sa.data) << recipe;
+    EXPECT_EQ(sb.tokens, sa.tokens) << recipe;
+  }
 }
 
 TEST(Trainer, SigintFinishesTheStepSavesAndResumes) {

@@ -142,7 +142,7 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
   }
 
   prepare_weight();
-  const QuantSpec gspec = gradient_spec(recipe_, seed_, ++backward_calls_);
+  const QuantSpec gspec = gradient_spec(recipe_, seed_, (pass_ << 20) + ++calls_in_pass_);
   QTensor g, g_t;  // Q(dY) [b, m] for dX and Q(dY)^T [m, b] for dW
   if (recipe_.method == Method::halo2) {
     // dX = R_b Q(R_b^T dY) Q(W~) R^T, the token dimension padded to a Hadamard size.

@@ -50,6 +50,11 @@ class HaloLinear {
   Tensor bias_grad() const { return grad_b_; }
   void zero_grad();
   void weight_updated() { weight_ready_ = false; }  // call after changing `weight`
+  // Stochastic rounding of the gradients draws stream pass * 2^20 + k for the
+  // k-th backward call since begin_pass(pass): a model numbers its passes, so a
+  // resumed run rounds exactly as the uninterrupted one. Without begin_pass,
+  // pass 0 and k counts every backward call.
+  void begin_pass(uint64_t pass) { pass_ = pass, calls_in_pass_ = 0; }
 
  private:
   void prepare_weight();
@@ -59,7 +64,7 @@ class HaloLinear {
   Recipe recipe_;
   DType dtype_;
   uint64_t seed_;
-  uint64_t backward_calls_ = 0;  // gives each backward its own stochastic-rounding stream
+  uint64_t pass_ = 0, calls_in_pass_ = 0;  // each backward's stochastic-rounding stream
   bool weight_ready_ = false;
   QTensor w_q_;   // Q(W~)   [m, n]  for Y
   QTensor w_qt_;  // Q(W~)^T [n, m]  for dX

@@ -198,6 +198,7 @@ struct LlamaModel::Impl {
   std::vector<Layer> layers;
   Tensor norm, norm_grad;  // act [d]; f32 [d]
   std::unique_ptr<HaloLinear> lm_head;  // [V, d]; its weight is `embed` when tied
+  uint64_t backward_passes = 0;         // forward_backward calls (stochastic-rounding streams)
   Tensor inv_freq;                      // f32 [D / 2] on the device
   std::map<std::string, Tensor> values;  // Parameter name -> the tensor the forward reads
 
@@ -546,9 +547,14 @@ int64_t LlamaModel::Impl::chunk_tokens(int64_t N) const {
   return std::min(chunk, N);
 }
 
+uint64_t LlamaModel::backward_passes() const { return impl_->backward_passes; }
+void LlamaModel::set_backward_passes(uint64_t n) { impl_->backward_passes = n; }
+
 void LlamaModel::forward_backward(const Batch& batch, float loss_scale, Tensor& loss_sum) {
   Impl& m = *impl_;
   const Step s = m.make_step(batch, true);
+  ++m.backward_passes;
+  for (HaloLinear* lin : m.linears()) lin->begin_pass(m.backward_passes);
   check_shape(loss_sum, {1}, "forward_backward loss_sum");
   std::vector<BlockSaved> saved;
   const Hidden h = m.forward_blocks(s, &saved);

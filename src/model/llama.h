@@ -122,6 +122,11 @@ class LlamaModel {
   // parameter's gradient, and the unscaled sum of losses to loss_sum (f32 [1]
   // on the device). No host synchronisation.
   void forward_backward(const Batch& batch, float loss_scale, Tensor& loss_sum);
+  // forward_backward calls so far: they number the stochastic-rounding streams
+  // of the linears' gradients (HaloLinear::begin_pass). A checkpoint saves it and
+  // a resume sets it back, so that the continued run rounds the same way.
+  uint64_t backward_passes() const;
+  void set_backward_passes(uint64_t n);
   // Evaluation: adds the sum of losses to loss_sum; no gradients, nothing saved.
   void forward_loss(const Batch& batch, Tensor& loss_sum);
   // Full logits, f32 [rows * T, vocab], for tests and small models.

@@ -391,6 +391,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
     optimizer.load_state_dict(load_training_state(resume_dir),
                               (fs::path(resume_dir) / "training_state.safetensors").string());
     batcher.set_position(state.data);
+    model.set_backward_passes(state.extra.value("backward_passes", uint64_t{0}));
   }
 
   const int64_t tokens_per_step = config.batch * config.seq_len * config.grad_accum;
@@ -453,6 +454,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   };
   const auto save = [&](int64_t step) {
     state.extra["train_seconds"] = train_seconds;
+    state.extra["backward_passes"] = model.backward_passes();
     r.checkpoint = save_checkpoint(
         config.out, state, optimizer.state_dict(), config_toml,
         [&](const std::string& dir) {
