@@ -1,6 +1,8 @@
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "core/numerics.h"
 #include "core/rng.h"
@@ -210,6 +212,28 @@ TEST(Tensor, DeviceRoundTrip) {
   const auto before = device_memory_stats().in_use;
   { Tensor g = Tensor::zeros({1024}, DType::f32, Device::cuda); }
   EXPECT_EQ(device_memory_stats().in_use, before);
+}
+
+TEST(Allocator, DeviceBlocksWasteLittle) {
+  // Every request gets a block at least its size, at most 6.25% (or 512 bytes)
+  // larger, and sizes round monotonically (a freed block serves its own size).
+  EXPECT_EQ(device_block_bytes(0), 512u);
+  EXPECT_EQ(device_block_bytes(1), 512u);
+  EXPECT_EQ(device_block_bytes(512), 512u);
+  EXPECT_EQ(device_block_bytes(513), 1024u);
+  EXPECT_EQ(device_block_bytes(size_t{1} << 20), size_t{1} << 20);
+  EXPECT_EQ(device_block_bytes((size_t{1} << 20) + 1), (size_t{1} << 20) + (size_t{1} << 16));
+  EXPECT_EQ(device_block_bytes(576 * 960 * 2), size_t{17} << 16);  // a SmolLM2 q/k/v weight, 1.05 MiB
+  size_t previous = 0;
+  for (size_t bytes = 1; bytes < (size_t{1} << 34); bytes = bytes * 5 / 4 + 7) {
+    const size_t b = device_block_bytes(bytes);
+    EXPECT_GE(b, bytes);
+    EXPECT_LE(static_cast<double>(b), std::max(1.0625 * static_cast<double>(bytes), static_cast<double>(bytes) + 512))
+        << bytes;
+    EXPECT_GE(b, previous) << bytes;
+    EXPECT_EQ(device_block_bytes(b), b) << bytes;
+    previous = b;
+  }
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "core/allocator.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -11,14 +12,17 @@
 
 namespace halo {
 
-namespace {
-
-// Device blocks are rounded up so that freed blocks fit later requests of a
-// similar size: 512 bytes below 1 MiB, 2 MiB above.
-size_t round_device_bytes(size_t bytes) {
-  const size_t step = bytes < (1u << 20) ? 512 : (2u << 20);
-  return (bytes + step - 1) / step * step;
+size_t device_block_bytes(size_t bytes) {
+  size_t step = 512;
+  if (bytes >= (size_t{1} << 20)) {  // 1/16 of the largest power of two <= bytes
+    size_t p = size_t{1} << 20;
+    while (p <= bytes / 2) p *= 2;
+    step = p / 16;
+  }
+  return (std::max<size_t>(bytes, 1) + step - 1) / step * step;
 }
+
+namespace {
 
 struct DeviceCache {
   std::mutex mutex;
@@ -53,7 +57,7 @@ void* allocate(size_t bytes, Device device) {
 #ifdef HALO_HAS_CUDA
   auto& cache = device_cache();
   std::lock_guard lock(cache.mutex);
-  const size_t size = round_device_bytes(bytes);
+  const size_t size = device_block_bytes(bytes);
   void* p = nullptr;
   auto it = cache.free_blocks.lower_bound(size);
   if (it != cache.free_blocks.end() && it->first == size) {
@@ -89,7 +93,7 @@ void release(void* ptr, size_t bytes, Device device) {
   }
   auto& cache = device_cache();
   std::lock_guard lock(cache.mutex);
-  const size_t size = round_device_bytes(bytes == 0 ? 1 : bytes);
+  const size_t size = device_block_bytes(bytes);
   cache.free_blocks.emplace(size, ptr);
   cache.stats.in_use -= size;
 }
