@@ -17,6 +17,7 @@
 #include <set>
 #include <utility>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "halo/linear.h"
@@ -668,12 +669,16 @@ ModelMemory LlamaModel::memory(int64_t rows, int64_t seq_len) const {
   const Impl& m = *impl_;
   const int64_t N = rows * seq_len, a = static_cast<int64_t>(dtype_size(m.act));
   ModelMemory mem;
-  int64_t params = 0;
-  for (const auto& [name, t] : m.values) params += t.numel();
-  mem.weights = params * a;
+  // What the device allocator holds for a tensor of `bytes` (it rounds blocks up).
+  const auto held = [&](int64_t bytes) {
+    return m.dev == Device::cuda ? static_cast<int64_t>(device_block_bytes(static_cast<size_t>(bytes))) : bytes;
+  };
+  for (const auto& [name, t] : m.values) {
+    mem.weights += held(t.numel() * a);
+    mem.gradients += held(t.numel() * 4);
+  }
   for (const HaloLinear* lin : m.linears())
-    if (lin->recipe().quantized()) mem.weights += 2 * lin->weight.numel();
-  mem.gradients = params * 4;
+    if (lin->recipe().quantized()) mem.weights += 2 * held(lin->weight.numel());
 
   const bool q8 = m.opt.recipe.quantized(), split = separate_qkv(m.opt.recipe);
   const int64_t saved_in = q8 ? 1 : a;

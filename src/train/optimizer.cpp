@@ -3,6 +3,7 @@
 #include <cmath>
 #include <set>
 
+#include "core/allocator.h"
 #include "core/error.h"
 
 namespace halo {
@@ -103,9 +104,12 @@ double Optimizer::finish_step(const Tensor& norm_sq) {
 
 OptimizerMemory Optimizer::memory() const {
   OptimizerMemory mem;
+  const auto held = [](const Tensor& t) {  // what the device allocator holds for it (blocks round up)
+    return static_cast<int64_t>(t.device() == Device::cuda ? device_block_bytes(t.nbytes()) : t.nbytes());
+  };
   for (const Slot& s : slots_) {
-    if (s.master.defined()) mem.master += static_cast<int64_t>(s.master.nbytes());
-    mem.states += static_cast<int64_t>(s.m.nbytes() + s.v.nbytes());
+    if (s.master.defined()) mem.master += held(s.master);
+    mem.states += held(s.m) + held(s.v);
   }
   return mem;
 }
