@@ -14,10 +14,10 @@ namespace halo {
 
 size_t device_block_bytes(size_t bytes) {
   size_t step = 512;
-  if (bytes >= (size_t{1} << 20)) {  // 1/16 of the largest power of two <= bytes
+  if (bytes >= (size_t{1} << 20)) {  // 1/16 of the largest power of two <= bytes, at most 2 MiB
     size_t p = size_t{1} << 20;
     while (p <= bytes / 2) p *= 2;
-    step = p / 16;
+    step = std::min(p / 16, size_t{2} << 20);
   }
   return (std::max<size_t>(bytes, 1) + step - 1) / step * step;
 }

@@ -19,7 +19,8 @@ struct DeviceMemoryStats {
 DeviceMemoryStats device_memory_stats();
 // The bytes the caching allocator holds for a request of `bytes`: rounded up so
 // that a freed block fits later requests of about the same size, to 512 bytes
-// below 1 MiB and to 1/16 of the size's power of two above (at most 6.25% more).
+// below 1 MiB, above to 1/16 of the size's power of two but at most 2 MiB (so
+// at most 6.25% and at most 2 MiB more).
 size_t device_block_bytes(size_t bytes);
 void reset_peak_device_memory();
 void empty_device_cache();  // returns cached blocks to the driver
