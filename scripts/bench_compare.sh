@@ -31,6 +31,9 @@
 #   HF_WARMUP    warm-up steps of bench_hf.py (default 5)
 #   HF_ARGS      more flags for bench_hf.py (e.g. --compile)
 #   HALO_ARGS    more flags for halo bench train
+#   MASTER_WEIGHTS  halo's optimizer settings, comma-separated (default fp32): fp32
+#                (f32 master weights) and/or bf16 (bf16 weights and AdamW states, as
+#                transformers keeps them; those rows are named RECIPE/bf16-states)
 #   RUN_TIMEOUT  seconds each command may run (default 240; 0: no limit)
 #   PYTHON       python interpreter (default python3)
 # Exit status: 0 when every run gave a result, 1 otherwise.
@@ -44,6 +47,7 @@ recipes=${RECIPES:-bf16,halo1-fp8,halo2-int8}
 hf_steps=${HF_STEPS:-20}
 hf_warmup=${HF_WARMUP:-5}
 run_timeout=${RUN_TIMEOUT:-240}
+master_weights=${MASTER_WEIGHTS:-fp32}
 py=${PYTHON:-python3}
 if [ $# -gt 0 ]; then
   configs=("$@")
@@ -69,7 +73,8 @@ tmp=$(mktemp "${TMPDIR:-/tmp}/bench_compare.XXXXXX") || exit 1
 trap 'rm -f "$tmp"' EXIT
 
 # The JSON handling, in python3 (no jq here).
-#   ingest SHAPE SOURCE RC RAWFILE JSONL FALLBACK_RECIPE EXPECTED_RECIPES
+#   ingest SHAPE SOURCE RC RAWFILE JSONL FALLBACK_RECIPE EXPECTED_RECIPES [SUFFIX]
+#          (SUFFIX is appended to every recipe name of the run)
 #   table SHAPE CONFIG JSONL BATCH SEQ_LEN   (prints the shape's table)
 #   status JSONL                             (exit 1 if any error record)
 read -r -d '' PY <<'PYEOF'
@@ -106,7 +111,7 @@ def last_message(path):
     return msg[:300]
 
 
-def ingest(shape, source, rc, raw, jsonl, fallback, expected):
+def ingest(shape, source, rc, raw, jsonl, fallback, expected, suffix=""):
     rc = int(rc)
     recs = load(raw)
     seen = set(r.get("recipe") for r in recs)
@@ -128,6 +133,8 @@ def ingest(shape, source, rc, raw, jsonl, fallback, expected):
             r.setdefault("warning", why)
     with open(jsonl, "a") as f:
         for r in recs:
+            if "recipe" in r:
+                r["recipe"] = str(r["recipe"]) + suffix
             r["bench_shape"] = shape
             r["bench_source"] = source
             f.write(json.dumps(r) + "\n")
@@ -204,7 +211,7 @@ def status(jsonl):
 
 cmd = sys.argv[1]
 if cmd == "ingest":
-    ingest(*sys.argv[2:9])
+    ingest(*sys.argv[2:10])
 elif cmd == "table":
     table(*sys.argv[2:7])
 elif cmd == "status":
@@ -255,16 +262,21 @@ for cfg in "${configs[@]}"; do
   rc=$?
   "$py" -c "$PY" ingest "$shape" transformers "$rc" "$tmp" "$jsonl" transformers-bf16 ""
 
-  echo "== $shape: halo" >&2
-  if [ -x "$halo" ]; then
-    run "$halo" bench train --config "$cfg" --recipe "$recipes" --batch "$batch" --seq-len "$seq_len" \
-      --json ${halo_extra[@]+"${halo_extra[@]}"}
-    rc=$?
-  else
-    echo "halo binary not found or not executable: $halo (set HALO_BIN)" | tee "$tmp" >&2
-    rc=127
-  fi
-  "$py" -c "$PY" ingest "$shape" halo "$rc" "$tmp" "$jsonl" halo "$recipes"
+  IFS=, read -r -a masters <<< "$master_weights"
+  for master in "${masters[@]}"; do
+    echo "== $shape: halo, $master master weights" >&2
+    if [ -x "$halo" ]; then
+      run "$halo" bench train --config "$cfg" --recipe "$recipes" --batch "$batch" --seq-len "$seq_len" \
+        --master-weights "$master" --json ${halo_extra[@]+"${halo_extra[@]}"}
+      rc=$?
+    else
+      echo "halo binary not found or not executable: $halo (set HALO_BIN)" | tee "$tmp" >&2
+      rc=127
+    fi
+    suffix=""
+    [ "$master" = fp32 ] || suffix="/$master-states"
+    "$py" -c "$PY" ingest "$shape" halo "$rc" "$tmp" "$jsonl" halo "$recipes" "$suffix"
+  done
 
   "$py" -c "$PY" table "$shape" "$cfg" "$jsonl" "$batch" "$seq_len" >>"$table"
 done
