@@ -1,20 +1,17 @@
 #include "data/token_data.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <system_error>
 #include <utility>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/atomic_file.h"
+#include "io/mapped_file.h"
 
 namespace halo {
 
@@ -96,25 +93,9 @@ void write_token_file(const std::string& path, const std::vector<std::vector<uin
 // ---- reading --------------------------------------------------------------------------
 
 TokenFile::TokenFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  HALO_CHECK(fd >= 0, path, ": cannot open token file: ", std::system_category().message(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    HALO_FAIL(path, ": not a regular file");
-  }
-  map_bytes_ = static_cast<size_t>(st.st_size);
-  if (map_bytes_ > 0) {
-    map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
-    const int err = errno;
-    ::close(fd);
-    if (map_ == MAP_FAILED) {
-      map_ = nullptr;
-      HALO_FAIL(path, ": cannot map token file: ", std::system_category().message(err));
-    }
-  } else {
-    ::close(fd);
-  }
+  const MappedBytes m = map_file_readonly(path, 0, "a token file");  // parse() checks the header
+  map_ = const_cast<std::byte*>(m.base);
+  map_bytes_ = static_cast<size_t>(m.size);
   // From here on, a failed check must unmap: the destructor does not run for a throwing constructor.
   try {
     parse(static_cast<const unsigned char*>(map_), map_bytes_);

@@ -25,6 +25,10 @@ MappedBytes map_file_readonly(const std::string& path, uint64_t min_bytes, const
     ::close(fd);
     HALO_FAIL(path, ": file is ", size, " bytes, too short for ", too_short);
   }
+  if (size == 0) {  // nothing to map (mmap refuses a length of 0)
+    ::close(fd);
+    return MappedBytes{};
+  }
   void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   const int err = errno;
   ::close(fd);  // the map keeps the file open
