@@ -14,7 +14,6 @@
 #include "core/error.h"
 #include "data/jsonl.h"
 #include "eval/evaluate.h"
-#include "io/atomic_file.h"
 #include "model/config.h"
 #include "model/llama.h"
 
@@ -122,13 +121,7 @@ int eval(const std::vector<std::string>& argv) {
                   so_far.seconds > 0 ? static_cast<double>(so_far.new_tokens) / so_far.seconds : 0.0);
     };
   const GenerationResult r = evaluate_generation(model, tokenizer, chat_template, records, settings);
-  if (!output.empty()) {
-    std::string text;
-    for (const GenerationRecord& g : r.records) text += generation_record_jsonl(g) + "\n";
-    if (const auto parent = std::filesystem::path(output).parent_path(); !parent.empty())
-      std::filesystem::create_directories(parent);
-    write_file_atomic(output, text);
-  }
+  if (!output.empty()) write_generation_records(output, r.records);
   const int64_t n = static_cast<int64_t>(r.records.size());
   if (json) {
     nlohmann::ordered_json j{{"metric", metric_name(metric)}, {"model", model_dir}, {"data", data},

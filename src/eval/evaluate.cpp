@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/tensor.h"
 #include "data/jsonl.h"
+#include "io/atomic_file.h"
 #include "model/batch.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -158,14 +160,20 @@ GenerationResult evaluate_generation(LlamaModel& model, const Tokenizer& tokeniz
   return result;
 }
 
-std::string generation_record_jsonl(const GenerationRecord& r) {
-  nlohmann::ordered_json j;
-  j["index"] = r.index;
-  j["prompt"] = r.prompt;
-  j["reference"] = r.reference;
-  j["prediction"] = r.prediction;
-  j["correct"] = r.correct;
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+void write_generation_records(const std::string& path, const std::vector<GenerationRecord>& records) {
+  std::string text;
+  for (const GenerationRecord& r : records) {
+    nlohmann::ordered_json j;
+    j["index"] = r.index;
+    j["prompt"] = r.prompt;
+    j["reference"] = r.reference;
+    j["prediction"] = r.prediction;
+    j["correct"] = r.correct;
+    text += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  }
+  if (const auto parent = std::filesystem::path(path).parent_path(); !parent.empty())
+    std::filesystem::create_directories(parent);
+  write_file_atomic(path, text);
 }
 
 }  // namespace halo

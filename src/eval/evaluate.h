@@ -84,7 +84,8 @@ struct GenerationSettings {
 GenerationResult evaluate_generation(LlamaModel& model, const Tokenizer& tokenizer, ChatTemplate chat_template,
                                      const std::vector<EvalRecord>& records, const GenerationSettings& settings);
 
-// {"index", "prompt", "reference", "prediction", "correct"} as one JSON line (no newline).
-std::string generation_record_jsonl(const GenerationRecord& r);
+// Writes the records to `path` atomically (its folder made if missing), one
+// JSON line each: {"index", "prompt", "reference", "prediction", "correct"}.
+void write_generation_records(const std::string& path, const std::vector<GenerationRecord>& records);
 
 }  // namespace halo

@@ -588,10 +588,8 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
                                            ? detect_chat_template(*tokenizer, tokenizer_source)
                                            : parse_chat_template(config.chat_template);
     const GenerationResult g = evaluate_generation(model, *tokenizer, chat_template, eval_records, settings);
-    std::string lines;
-    for (const GenerationRecord& rec : g.records) lines += generation_record_jsonl(rec) + "\n";
     const std::string answers = (fs::path(config.out) / "eval.jsonl").string();
-    write_file_atomic(answers, lines);
+    write_generation_records(answers, g.records);
     r.accuracy = g.accuracy;
     metrics.write({{"step", step},
                    {"accuracy", g.accuracy},
