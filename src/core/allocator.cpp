@@ -22,6 +22,10 @@ size_t device_block_bytes(size_t bytes) {
   return (std::max<size_t>(bytes, 1) + step - 1) / step * step;
 }
 
+size_t held_bytes(size_t bytes, Device device) {
+  return device == Device::cuda ? device_block_bytes(bytes) : bytes;
+}
+
 namespace {
 
 struct DeviceCache {

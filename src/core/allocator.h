@@ -22,6 +22,9 @@ DeviceMemoryStats device_memory_stats();
 // below 1 MiB, above to 1/16 of the size's power of two but at most 2 MiB (so
 // at most 6.25% and at most 2 MiB more).
 size_t device_block_bytes(size_t bytes);
+// What a tensor of `bytes` on `device` holds: device_block_bytes on the GPU,
+// `bytes` on the CPU.
+size_t held_bytes(size_t bytes, Device device);
 void reset_peak_device_memory();
 void empty_device_cache();  // returns cached blocks to the driver
 

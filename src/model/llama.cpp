@@ -669,9 +669,8 @@ ModelMemory LlamaModel::memory(int64_t rows, int64_t seq_len) const {
   const Impl& m = *impl_;
   const int64_t N = rows * seq_len, a = static_cast<int64_t>(dtype_size(m.act));
   ModelMemory mem;
-  // What the device allocator holds for a tensor of `bytes` (it rounds blocks up).
-  const auto held = [&](int64_t bytes) {
-    return m.dev == Device::cuda ? static_cast<int64_t>(device_block_bytes(static_cast<size_t>(bytes))) : bytes;
+  const auto held = [&](int64_t bytes) {  // the allocator rounds device blocks up
+    return static_cast<int64_t>(held_bytes(static_cast<size_t>(bytes), m.dev));
   };
   for (const auto& [name, t] : m.values) {
     mem.weights += held(t.numel() * a);

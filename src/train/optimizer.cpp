@@ -104,9 +104,7 @@ double Optimizer::finish_step(const Tensor& norm_sq) {
 
 OptimizerMemory Optimizer::memory() const {
   OptimizerMemory mem;
-  const auto held = [](const Tensor& t) {  // what the device allocator holds for it (blocks round up)
-    return static_cast<int64_t>(t.device() == Device::cuda ? device_block_bytes(t.nbytes()) : t.nbytes());
-  };
+  const auto held = [](const Tensor& t) { return static_cast<int64_t>(held_bytes(t.nbytes(), t.device())); };
   for (const Slot& s : slots_) {
     if (s.master.defined()) mem.master += held(s.master);
     mem.states += held(s.m) + held(s.v);
