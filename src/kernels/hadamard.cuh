@@ -41,6 +41,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "kernels/hadamard.h"
 
 namespace halo {
@@ -464,6 +466,121 @@ __device__ __forceinline__ void cols_kmix_block(const TI* x, TO* y, int64_t cols
       ElementIO<TO>::store(y + ((j + 3) * P + b) * cols + c, acc3 * p.scale);
     }
   }
+}
+
+// ---- the S rotation: rows of d = 2048, 4096, 8192 (K = 1) by blocks of 256 threads ----
+// d = 64 T with T = 32, 64 or 128 threads per row, kSThreads / T rows per block:
+//   pass A: thread lt (0..T-1) loads the 64 elements lt + T j of its row (each
+//           warp load is 64 contiguous bytes), transforms index bits log2(T)..
+//           in registers and stores them to shared memory;
+//   pass B: thread lt reads elements 64 lt .. 64 lt + 63 (16 float4 loads) and
+//           transforms the low bits that pass A left: bits 0..4 (T = 32), 0..5
+//           (T = 64), or bit 6 with the neighbour's 64 elements (64 (lt ^ 1)..)
+//           and then bits 0..5 (T = 128). The thread holds the rotated row's 64
+//           contiguous values (not yet scaled), ready for maxima and wide stores.
+// One exchange through shared memory (element e = 64 a + c at 64 a + (c ^ 4 (a & 7)):
+// both sides bank-conflict free) and no index arithmetic per element. A block's
+// rows hold kSThreads * 64 elements for every d: kSRotBytes of f32, and for bf16
+// inputs as much again of raw rows, prefetched (cp.async) while the current
+// ones are rotated. Used fused with quantization (quantize.cu), where it halves
+// the time of d = 2048; a plain row kernel built on it (bf16 in and out) ran at
+// 48-56% of the copy bandwidth on an H100 against 66-78% for hadamard.cu's.
+constexpr int kSThreads = 256;
+constexpr int kSElems = kSThreads * 64;
+constexpr size_t kSRotBytes = static_cast<size_t>(kSElems) * 4;
+__host__ __device__ constexpr size_t s_smem_bytes(size_t input_bytes) {
+  return kSRotBytes + (input_bytes == 2 ? static_cast<size_t>(kSElems) * 2 : 0);
+}
+__host__ __device__ constexpr bool s_rotation_width(int64_t d) { return d == 2048 || d == 4096 || d == 8192; }
+
+template <int D>
+struct SRot {
+  static_assert(D == 2048 || D == 4096 || D == 8192, "the S rotation takes d = 2048, 4096, 8192");
+  static constexpr int T = D / 64;                  // threads per row
+  static constexpr int Q = kSThreads / T;           // rows per block
+  static constexpr int kLowBits = T == 32 ? 5 : 6;  // pass B's bits in registers
+};
+
+// Where pass A puts element lt + T j (j a compile-time constant once unrolled) of
+// the layout above, with no per-element arithmetic but one XOR with a constant:
+// T <= 64: chunk a = T j / 64 (a constant), lt < T below the constant offset's bits;
+// T = 128: a = 2 j + (lt >> 6), so 4 (a & 7) = 8 (j & 3) + 4 (lt >> 6).
+template <int T>
+__device__ __forceinline__ int s_addr_a(int lt, int j) {
+  if constexpr (T <= 64) {
+    const int a = T * j / 64;
+    return 64 * a + (T * j) % 64 + (lt ^ (4 * (a & 7)));
+  } else {
+    const int hi = lt >> 6;
+    return 128 * j + 64 * hi + (((lt & 63) ^ (4 * hi)) ^ (8 * (j & 3)));
+  }
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t sa = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Starts copying the rows of group `quad` (bf16 bits, row w at raw + w * D) into
+// raw; all threads.
+template <int D>
+__device__ __forceinline__ void s_prefetch(const uint16_t* x, int64_t R, int64_t quad, uint16_t* raw) {
+#pragma unroll
+  for (int k = 0; k < kSElems / 8 / kSThreads; ++k) {
+    const int e = 8 * (static_cast<int>(threadIdx.x) + k * kSThreads);
+    const int64_t r = quad * SRot<D>::Q + e / D;
+    if (r < R) cp_async16(raw + e, x + r * D + e % D);
+  }
+  cp_async_commit();
+}
+
+__device__ __forceinline__ float s_load1(const uint16_t* p) {
+  return __uint_as_float(static_cast<uint32_t>(__ldg(reinterpret_cast<const unsigned short*>(p))) << 16);
+}
+__device__ __forceinline__ float s_load1(const float* p) { return __ldg(p); }
+
+// Pass A of row xr (f32 or bf16 bits in global memory, or the prefetched copy raw
+// when not null) into s (the row's D floats).
+template <int D, class In>
+__device__ __forceinline__ void s_pass_a(const In* xr, const uint16_t* raw, float* s, int lt) {
+  constexpr int T = SRot<D>::T;
+  float v[64];
+  if (sizeof(In) == 2 && raw) {
+#pragma unroll
+    for (int j = 0; j < 64; ++j) v[j] = __uint_as_float(static_cast<uint32_t>(raw[lt + T * j]) << 16);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 64; ++j) v[j] = s_load1(xr + lt + T * j);
+  }
+  wht_regs<64>(v, 6);
+#pragma unroll
+  for (int j = 0; j < 64; ++j) s[s_addr_a<T>(lt, j)] = v[j];
+}
+
+// Pass B: v[j] = element 64 lt + j of the rotated row, not yet scaled. With
+// T = 128 it reads the neighbour's part too: a caller that then overwrites its
+// own part must __syncwarp() first.
+template <int D>
+__device__ __forceinline__ void s_pass_b(const float* s, int lt, float (&v)[64]) {
+#pragma unroll
+  for (int q = 0; q < 16; ++q) {
+    const float4 f = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * (q ^ (lt & 7)));
+    v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
+  }
+  if constexpr (SRot<D>::T == 128) {  // bit 6: a = element with bit 6 clear, b set -> (a + b, a - b)
+    const int nb = lt ^ 1;
+    const bool upper = lt & 1;
+#pragma unroll
+    for (int q = 0; q < 16; ++q) {
+      const float4 f = *reinterpret_cast<const float4*>(s + 64 * nb + 4 * (q ^ (nb & 7)));
+      const float u[4] = {f.x, f.y, f.z, f.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[4 * q + i] = upper ? u[i] - v[4 * q + i] : v[4 * q + i] + u[i];
+    }
+  }
+  wht_regs<64>(v, SRot<D>::kLowBits);
 }
 
 }  // namespace hadamard_detail

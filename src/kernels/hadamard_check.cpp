@@ -11,7 +11,7 @@
 // forward and transpose, in place, misaligned views (the general row kernel),
 // rows and columns (by transposes around the row kernel, and the multi-pass
 // column kernels for very long d). With `full`: Llama sizes, 8192 rows of d in
-// {4096, 14336, 11008, 2048}, and the token-dim rotation of [8192, d] and
+// {4096, 14336, 11008, 2048, 8192}, and the token-dim rotation of [8192, d] and
 // [12288, 4096], with timings in `detail` (GB/s counting bytes read + written,
 // and the percentage of a device-to-device copy of the same bytes).
 #include <chrono>
@@ -164,7 +164,7 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
       1,    2,    7,     8,    12,   16,    24,   32,   40,   48,   // tiny; 7: fallback block 1
       64,   92,   96,    100,  172,  184,   256,  344,  384,  448,  // 92, 184: fallback; 100: Paley II q=49
       688,  1024, 1536,  2048, 2304, 2752,  2816, 3072, 5120, 640,  // 2304 = 36 x 64, 2752 = 172 x 16,
-      1408, 4096, 14336, 11008, 6656, 7680, 3456, 560,              // 2816 = 44 x 64, 6656 = 52 x 128, ...
+      1408, 4096, 14336, 11008, 6656, 7680, 3456, 560,  8192,       // 2816 = 44 x 64, 6656 = 52 x 128, ...
   };
   for (int64_t d : row_dims) {
     for (bool t : {false, true}) {
@@ -172,10 +172,12 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
       cases.push_back({false, 3, d, f32, f32, t, false, false, false});
     }
   }
-  for (int64_t d : {96, 4096, 14336, 11008, 344}) {
+  // 2048, 4096, 8192: the S rotation (8, 4 and 2 rows per block: 11 rows end with a partial group).
+  for (int64_t d : {96, 2048, 4096, 8192, 14336, 11008, 344}) {
+    cases.push_back({false, 11, d, bf16, f32, true, false, false, false});
     cases.push_back({false, 4, d, bf16, f32, false, false, false, false});
     cases.push_back({false, 4, d, f32, bf16, true, false, false, false});
-    cases.push_back({false, 3, d, bf16, bf16, false, true, false, false});
+    cases.push_back({false, 19, d, bf16, bf16, false, true, false, false});
     cases.push_back({false, 3, d, f32, f32, true, true, false, false});
     cases.push_back({false, 3, d, bf16, bf16, false, false, true, false});
     cases.push_back({false, 3, d, f32, f32, true, false, true, false});
@@ -196,7 +198,7 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
   cases.push_back({true, 65536, 3, f32, f32, false, false, false, false});
   cases.push_back({true, 98304, 2, bf16, bf16, true, false, false, false});  // 12 x 8192
   if (full) {
-    for (int64_t d : {4096, 14336, 11008, 2048}) {
+    for (int64_t d : {4096, 14336, 11008, 2048, 8192}) {
       for (DType dt : {bf16, f32}) {
         cases.push_back({false, 8192, d, dt, dt, false, false, false, true});
         cases.push_back({true, 8192, d, dt, dt, false, false, false, true});
@@ -205,7 +207,6 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
       cases.push_back({true, 8192, d, bf16, bf16, true, false, false, false});
     }
     cases.push_back({true, 12288, 4096, bf16, bf16, false, false, false, true});
-    cases.push_back({false, 8192, 8192, bf16, bf16, false, false, false, true});
   }
   std::vector<CheckResult> results;
   uint64_t seed = 1000;

@@ -2,7 +2,7 @@
 // quantize.cpp is the reference (quantize_check.cpp compares the two).
 //
 // Launches on current_stream(), no host synchronisation. Per scaling mode:
-//   tensor     pass 1: absmax_s_kernel (d = 4096 rotated) or absmax_tensor_kernel,
+//   tensor     pass 1: absmax_s_kernel (rotated d = 2048, 4096, 8192) or absmax_tensor_kernel,
 //              persistent grids, rows in ascending order; every block writes the
 //              absmax of what it saw to its own slot (no atomics, no memset, no
 //              finalize launch).
@@ -26,12 +26,13 @@
 // infinity, so maxima on the bits propagate a NaN into its scale.
 //
 // Row kernels:
-//   quad_quantize_kernel  4 rows per block, 64 threads per row. Unrotated rows with
-//              8-vectors (each thread 8 x 16-byte loads in flight), and rows of
-//              d = 4096 rotated by the "S rotation" (d = 64 x 64: two radix-64
-//              register passes with one bank-conflict-free exchange through shared
-//              memory, no per-element index arithmetic; the next 4 bf16 rows are
-//              prefetched with cp.async while the current ones are rotated).
+//   quad_quantize_kernel  several rows per block. Unrotated rows with 8-vectors
+//              (64 threads per row, each thread 8 x 16-byte loads in flight), and
+//              rows of d = 2048, 4096, 8192 rotated by the "S rotation" (d = 64 T,
+//              T threads per row: two register passes of up to radix 64 with one
+//              bank-conflict-free exchange through shared memory, no per-element
+//              index arithmetic; the next bf16 rows are prefetched with cp.async
+//              while the current ones are rotated).
 //   quantize_kernel / absmax_kernel / absmax_tensor_kernel  one row at a time per
 //              block, for the other rotated widths and the scalar fallbacks, with
 //              the rotation fused three ways (RowMode):
@@ -58,6 +59,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 
 #include "core/cuda_check.h"
 #include "core/error.h"
@@ -799,122 +801,71 @@ __global__ void __launch_bounds__(kThreads, min_blocks<G>()) quantize_kernel(Par
   }
 }
 
-// ---- four rows per block: 64 threads per row --------------------------------------
-// Used for every unrotated row-major pass 2 with 8-vectors, and for the rotation
-// of d = 4096 (K = 1), the width of Llama-3-8B activations ("S rotation"):
-//   pass A: thread lt (0..63) loads the 64 elements lt + 64 j of its row (each
-//           warp load is 64 contiguous bytes), transforms index bits 6..11 in
-//           registers and stores them to shared memory;
-//   pass B: thread lt reads elements 64 lt .. 64 lt + 63 (16 float4 loads),
-//           transforms bits 0..5 in registers: the rotated row, 64 contiguous
-//           values per thread, ready for the maximum and for 8-byte code stores.
-// One exchange through shared memory (element 64 a + c at 64 a + (c ^ 4 (a & 7)):
-// both sides bank-conflict free) and no index arithmetic per element.
+// ---- rows by groups of threads: the S rotation and the unrotated pass 2 ------------
+// Unrotated row-major pass 2 with 8-vectors: 64 threads per row, four rows per block.
+// Rotated rows of d = 2048, 4096, 8192: the S rotation of hadamard.cuh, T = d / 64
+// threads per row, kThreads / T rows per block.
+using hadamard_detail::cp_async_wait_all;
+using hadamard_detail::kSElems;
+using hadamard_detail::s_pass_a;
+using hadamard_detail::s_pass_b;
+using hadamard_detail::s_prefetch;
+using hadamard_detail::SRot;
+static_assert(hadamard_detail::kSThreads == kThreads, "the S rotation runs on blocks of kThreads");
 constexpr int kRowThreads = 64;
-constexpr int kQuad = kThreads / kRowThreads;  // rows per block
-constexpr int kSDim = 4096;
-constexpr size_t kSRot = static_cast<size_t>(kQuad) * kSDim * 4;  // the rows as f32, for the exchange
-// bf16 inputs: the next four rows are prefetched (cp.async) into a raw buffer
-// behind the exchange buffer while the current ones are rotated.
+constexpr int kQuad = kThreads / kRowThreads;  // rows per block, unrotated
+constexpr size_t kSRot = hadamard_detail::kSRotBytes;
 template <class In>
 constexpr size_t s_smem() {
-  return kSRot + (sizeof(In) == 2 ? static_cast<size_t>(kQuad) * kSDim * 2 : 0);
+  return hadamard_detail::s_smem_bytes(sizeof(In));
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t sa = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-// Starts copying the rows of group `quad` (bf16, 8 KB each) into raw; all threads.
-__device__ __forceinline__ void s_prefetch(const uint16_t* x, int64_t R, int64_t quad, uint16_t* raw) {
-#pragma unroll
-  for (int w = 0; w < kQuad; ++w) {
-    const int64_t r = quad * kQuad + w;
-    if (r < R) {
-#pragma unroll
-      for (int k = 0; k < kSDim / 8 / kThreads; ++k) {
-        const int c = 8 * (static_cast<int>(threadIdx.x) + k * kThreads);
-        cp_async16(raw + w * kSDim + c, x + r * kSDim + c);
-      }
-    }
-  }
-  cp_async_commit();
-}
-
-__device__ __forceinline__ float load1(const uint16_t* p) {
-  return __uint_as_float(static_cast<uint32_t>(__ldg(reinterpret_cast<const unsigned short*>(p))) << 16);
-}
-__device__ __forceinline__ float load1(const float* p) { return __ldg(p); }
-
-// Pass A of row xr (global memory, or the prefetched copy raw when not null) into
-// s (the row's 4096 floats).
-template <class In>
-__device__ __forceinline__ void s_pass_a(const In* xr, const uint16_t* raw, float* s, int lt) {
-  float v[64];
-  if (sizeof(In) == 2 && raw) {
-#pragma unroll
-    for (int j = 0; j < 64; ++j) v[j] = __uint_as_float(static_cast<uint32_t>(raw[lt + 64 * j]) << 16);
-  } else {
-#pragma unroll
-    for (int j = 0; j < 64; ++j) v[j] = load1(xr + lt + 64 * j);
-  }
-  hadamard_detail::wht_regs<64>(v, 6);
-#pragma unroll
-  for (int j = 0; j < 64; ++j) s[64 * j + (lt ^ (4 * (j & 7)))] = v[j];
-}
-
-// Pass B: v[j] = element 64 lt + j of the rotated row, not yet scaled.
-__device__ __forceinline__ void s_pass_b(const float* s, int lt, float (&v)[64]) {
-#pragma unroll
-  for (int q = 0; q < 16; ++q) {
-    const float4 f = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * (q ^ (lt & 7)));
-    v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
-  }
-  hadamard_detail::wht_regs<64>(v, 6);
-}
-
-// Maximum over the 64 threads of each row (warps 2w, 2w + 1); all threads call it.
+// Maximum over the T threads of each row (T = 32, 64, 128: rows of whole warps);
+// all threads call it.
+template <int T>
 __device__ __forceinline__ uint32_t quad_row_max(uint32_t a, uint32_t* red) {
   a = warp_max(a);
+  if constexpr (T == 32) return a;
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = a;
   __syncthreads();
-  const int w = static_cast<int>(threadIdx.x) >> 6;
-  a = max(red[2 * w], red[2 * w + 1]);
+  constexpr int kW = T / 32;
+  const int w0 = static_cast<int>(threadIdx.x) / T * kW;
+  a = red[w0];
+#pragma unroll
+  for (int i = 1; i < kW; ++i) a = max(a, red[w0 + i]);
   __syncthreads();  // red is reused
   return a;
 }
 
 // Pass 1 of per-tensor scaling with the S rotation: persistent grid, groups of
-// four rows in ascending order, the next group's rows prefetched (bf16). The
+// Q rows in ascending order, the next group's rows prefetched (bf16). The
 // maximum of |unscaled| values times the scale is the maximum of the scaled ones
 // (rounding is monotonic).
-template <class In>
+template <class In, int D>
 __global__ void __launch_bounds__(kThreads, 2) absmax_s_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   __shared__ uint32_t red[kWarps];
+  using S = SRot<D>;
   constexpr bool kPre = sizeof(In) == 2;
-  const int t = static_cast<int>(threadIdx.x), w = t >> 6, lt = t & 63;
+  const int t = static_cast<int>(threadIdx.x), w = t / S::T, lt = t % S::T;
   const In* x = static_cast<const In*>(p.x);
-  const int64_t R = p.R, nq = (R + kQuad - 1) / kQuad;
-  float* s = reinterpret_cast<float*>(dyn_smem) + w * kSDim;
+  const int64_t R = p.R, nq = (R + S::Q - 1) / S::Q;
+  float* s = reinterpret_cast<float*>(dyn_smem) + w * D;
   uint16_t* raw = reinterpret_cast<uint16_t*>(dyn_smem + kSRot);
   if constexpr (kPre)
-    if (blockIdx.x < nq) s_prefetch(reinterpret_cast<const uint16_t*>(x), R, blockIdx.x, raw);
+    if (blockIdx.x < nq) s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), R, blockIdx.x, raw);
   uint32_t a = 0;
   for (int64_t quad = blockIdx.x; quad < nq; quad += gridDim.x) {
-    const int64_t r = quad * kQuad + w;
+    const int64_t r = quad * S::Q + w;
     if constexpr (kPre) cp_async_wait_all();
     __syncthreads();  // raw has arrived, s is free
-    if (r < R) s_pass_a(x + r * kSDim, kPre ? raw + w * kSDim : nullptr, s, lt);
+    if (r < R) s_pass_a<D>(x + r * D, kPre ? raw + w * D : nullptr, s, lt);
     __syncthreads();  // s written, raw free
     if constexpr (kPre)
-      if (quad + gridDim.x < nq) s_prefetch(reinterpret_cast<const uint16_t*>(x), R, quad + gridDim.x, raw);
+      if (quad + gridDim.x < nq) s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), R, quad + gridDim.x, raw);
     if (r < R) {
       float v[64];
-      s_pass_b(s, lt, v);
+      s_pass_b<D>(s, lt, v);
 #pragma unroll
       for (int j = 0; j < 64; ++j) a = max(a, abs_bits(v[j]));
     }
@@ -1015,17 +966,19 @@ __device__ __forceinline__ void rot_codes(const Params& p, int64_t r, int64_t c0
   }
 }
 
-// Pass 2 by groups of four rows (kRot: the S rotation; else unrotated, C % 8 == 0,
-// 16-byte aligned rows), and the per-row one-pass scaling: codes in descending row
-// order (group nq - 1 - blockIdx.x - k * gridDim.x); kRot, bf16: the next group's
-// rows prefetched while the current ones are rotated.
-template <class In, bool kRot, bool kSR>
-__global__ void __launch_bounds__(kThreads, kRot ? 2 : 3) quad_quantize_kernel(Params p) {
+// Pass 2 by groups of rows (kRotD > 0: the S rotation of d = kRotD; else unrotated,
+// C % 8 == 0, 16-byte aligned rows, four rows per block), and the per-row one-pass
+// scaling: codes in descending row order (group nq - 1 - blockIdx.x - k * gridDim.x);
+// rotated bf16: the next group's rows prefetched while the current ones are rotated.
+template <class In, int kRotD, bool kSR>
+__global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   __shared__ uint32_t red[kWarps];
-  const int t = static_cast<int>(threadIdx.x), w = t >> 6, lt = t & 63;
+  constexpr bool kRot = kRotD > 0;
+  constexpr int kT = kRot ? kRotD / 64 : kRowThreads, kQ = kThreads / kT;  // threads per row, rows per block
+  const int t = static_cast<int>(threadIdx.x), w = t / kT, lt = t % kT;
   const In* x = static_cast<const In*>(p.x);
-  const int64_t R = p.R, C = p.C, nq = (R + kQuad - 1) / kQuad;
+  const int64_t R = p.R, C = p.C, nq = (R + kQ - 1) / kQ;
   const Granularity g = p.g;
   const int64_t grid = gridDim.x;
 
@@ -1037,26 +990,27 @@ __global__ void __launch_bounds__(kThreads, kRot ? 2 : 3) quad_quantize_kernel(P
   const uint16_t* x16 = reinterpret_cast<const uint16_t*>(p.x);
   int64_t item = blockIdx.x, next = item + grid;
   if constexpr (kPre)
-    if (item < nq) s_prefetch(x16, R, nq - 1 - item, raw);
+    if (item < nq) s_prefetch<kRotD>(x16, R, nq - 1 - item, raw);
   while (item < nq) {
-    const int64_t quad = nq - 1 - item, r = quad * kQuad + w;
+    const int64_t quad = nq - 1 - item, r = quad * kQ + w;
     const bool valid = r < R;
     const In* xr = x + r * C;
     if constexpr (kPre) cp_async_wait_all();
     __syncthreads();  // shared memory is free, the prefetched rows have arrived
     if constexpr (kRot) {
-      float* s = reinterpret_cast<float*>(dyn_smem) + w * kSDim;
-      if (valid) s_pass_a(xr, kPre ? raw + w * kSDim : nullptr, s, lt);
+      float* s = reinterpret_cast<float*>(dyn_smem) + w * kRotD;
+      if (valid) s_pass_a<kRotD>(xr, kPre ? raw + w * kRotD : nullptr, s, lt);
       __syncthreads();
       if constexpr (kPre)
-        if (next < nq) s_prefetch(x16, R, nq - 1 - next, raw);
-      // Pass B; the thread's 64 scaled values go back to its own 64 floats of s (no
-      // other thread reads them), so that they need no registers across the row
-      // maximum and the codes.
+        if (next < nq) s_prefetch<kRotD>(x16, R, nq - 1 - next, raw);
+      // Pass B; the thread's 64 scaled values go back to its own 64 floats of s (read
+      // by no other thread once the neighbours of d = 8192 have read theirs), so that
+      // they need no registers across the row maximum and the codes.
       uint32_t a = 0;
       if (valid) {
         float v[64];
-        s_pass_b(s, lt, v);
+        s_pass_b<kRotD>(s, lt, v);
+        if constexpr (kT == 128) __syncwarp();  // the neighbour (same warp) has read this thread's part
 #pragma unroll
         for (int j = 0; j < 64; ++j) {
           v[j] *= p.plan.scale;
@@ -1069,7 +1023,7 @@ __global__ void __launch_bounds__(kThreads, kRot ? 2 : 3) quad_quantize_kernel(P
       }
       float m = m_all;
       if (p.row_max) {
-        const float amax = __uint_as_float(quad_row_max(a, red));
+        const float amax = __uint_as_float(quad_row_max<kT>(a, red));
         m = quant_multiplier(amax, p.qmax);
         if (valid && lt == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
       }
@@ -1109,7 +1063,7 @@ __global__ void __launch_bounds__(kThreads, kRot ? 2 : 3) quad_quantize_kernel(P
             }
           }
         }
-        const float amax = __uint_as_float(quad_row_max(a, red));
+        const float amax = __uint_as_float(quad_row_max<kRowThreads>(a, red));
         m = quant_multiplier(amax, p.qmax);
         if (valid && lt == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
       }
@@ -1255,8 +1209,18 @@ struct Config {
   int mode = kDirect;
   int G = 1;
   bool regs = false;
-  bool s = false;  // the S rotation (d = 4096, K = 1): the four-row kernels
+  int s = 0;  // the S rotation's d (2048, 4096, 8192; K = 1), or 0
 };
+
+// f(std::integral_constant<int, d>) for the S rotation's d.
+template <class F>
+void dispatch_s(int d, F&& f) {
+  switch (d) {
+    case 2048: f(std::integral_constant<int, 2048>{}); break;
+    case 4096: f(std::integral_constant<int, 4096>{}); break;
+    default: f(std::integral_constant<int, 8192>{}); break;
+  }
+}
 
 template <class In_, int V_, int kMode_, int G_, bool kRegs_>
 struct Variant {
@@ -1365,7 +1329,7 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
       cfg.mode = kFast;
       cfg.G = C <= 16 * kThreads ? 1 : (C <= 32 * kThreads ? 2 : 4);
       cfg.regs = hp.k == 1 && seg256 && cfg.G <= 2 && !need_t && (tensor || row_onepass || !spec.scaled);
-      cfg.s = C == kSDim && hp.k == 1 && hp.full();
+      cfg.s = hadamard_detail::s_rotation_width(C) && hp.k == 1 && hp.full() ? static_cast<int>(C) : 0;
       row_floats = static_cast<int64_t>(fast_bytes / 4);
     } else if (kmix_ok && static_cast<size_t>(pad4(C)) * 4 + tile_bytes <= limit) {
       cfg.mode = kGeneric;
@@ -1388,9 +1352,14 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
   // Pass 1 of per-tensor scaling: its grid sets the number of partial maxima.
   int64_t grid1 = 0;
   const int64_t n_quads = (R + kQuad - 1) / kQuad;
+  const int64_t n_s_groups = cfg.s ? (R + kThreads / (cfg.s / 64) - 1) / (kThreads / (cfg.s / 64)) : 0;
+  const auto absmax_s = [&](auto d) {
+    return cfg.f32 ? absmax_s_kernel<float, decltype(d)::value> : absmax_s_kernel<uint16_t, decltype(d)::value>;
+  };
   if (tensor && cfg.s) {
-    grid1 = std::min(n_quads, cfg.f32 ? resident_blocks(absmax_s_kernel<float>, s_smem<float>())
-                                      : resident_blocks(absmax_s_kernel<uint16_t>, s_smem<uint16_t>()));
+    dispatch_s(cfg.s, [&](auto d) {
+      grid1 = std::min(n_s_groups, resident_blocks(absmax_s(d), cfg.f32 ? s_smem<float>() : s_smem<uint16_t>()));
+    });
   } else if (tensor) {
     dispatch(cfg, [&](auto var) {
       using Var = decltype(var);
@@ -1423,8 +1392,7 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
 
   // Pass 1.
   if (tensor && cfg.s) {
-    cfg.f32 ? launch(absmax_s_kernel<float>, grid1, s_smem<float>(), p)
-            : launch(absmax_s_kernel<uint16_t>, grid1, s_smem<uint16_t>(), p);
+    dispatch_s(cfg.s, [&](auto d) { launch(absmax_s(d), grid1, cfg.f32 ? s_smem<float>() : s_smem<uint16_t>(), p); });
   } else if (tensor) {
     dispatch(cfg, [&](auto var) {
       using Var = decltype(var);
@@ -1476,12 +1444,15 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     using Var = decltype(var);
     using In = typename Var::In;
     if constexpr (Var::kMode == kDirect && Var::V == 8) {  // four rows per block
-      auto kernel = spec.stochastic ? quad_quantize_kernel<In, false, true> : quad_quantize_kernel<In, false, false>;
+      auto kernel = spec.stochastic ? quad_quantize_kernel<In, 0, true> : quad_quantize_kernel<In, 0, false>;
       launch(kernel, std::min(n_quads, resident_blocks(kernel, 0)), 0, p);
     } else {
       if (Var::kMode == kFast && cfg.s && !need_t) {  // the S rotation, out's groups only
-        auto kernel = spec.stochastic ? quad_quantize_kernel<In, true, true> : quad_quantize_kernel<In, true, false>;
-        launch(kernel, std::min(n_quads, resident_blocks(kernel, s_smem<In>())), s_smem<In>(), p);
+        dispatch_s(cfg.s, [&](auto d) {
+          constexpr int D = decltype(d)::value;
+          auto kernel = spec.stochastic ? quad_quantize_kernel<In, D, true> : quad_quantize_kernel<In, D, false>;
+          launch(kernel, std::min(n_s_groups, resident_blocks(kernel, s_smem<In>())), s_smem<In>(), p);
+        });
         return;
       }
       auto kernel = quantize_kernel<In, Var::V, Var::kMode, Var::G, Var::kRegs>;

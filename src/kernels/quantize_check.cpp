@@ -367,23 +367,25 @@ std::vector<CheckResult> quantize_cuda_checks(bool full) {
         results.push_back(run_dequantize(in, s, f == DType::e4m3 ? DType::bf16 : DType::f32));
       }
   }
-  // The fast fused rotation at the widths it is tuned for: 4096 (last pass in
-  // registers, one group of 16 per thread), 8192 (two groups), 14336 = 28 x 512
-  // (the K-mix, four groups). Unrotated rows and the 4096 rotation take the
-  // four-row kernels: R = 102 and 41 end with a partial group of rows (41 x 14336:
-  // rows longer than one chunk of the unrotated kernel). Each copy alone and both,
-  // every mode.
-  const Shape2 wide[] = {{102, 4096}, {24, 8192}, {41, 14336}};
+  // The fused rotation at the widths it is tuned for: 2048, 4096 and 8192 (the S
+  // rotation: 32, 64 and 128 threads per row, 8, 4 and 2 rows per block; and the
+  // one-row kernels when a transposed copy has its own groups), 14336 = 28 x 512
+  // (the K-mix, four groups of 16 per thread). R = 27, 102, 25 and 41 end with a
+  // partial group of rows (41 x 14336: rows longer than one chunk of the unrotated
+  // kernel). Each copy alone and both, every mode; stochastic rounding where out's
+  // codes are the only ones and where the transposed copy has its own groups.
+  const Shape2 wide[] = {{27, 2048}, {102, 4096}, {25, 8192}, {41, 14336}};
   for (const Shape2& sh : wide) {
     for (DType in_dtype : {DType::bf16, DType::f32}) {
-      if (in_dtype == DType::f32 && sh.C != 4096) continue;
+      if (in_dtype == DType::f32 && sh.C == 14336) continue;
       const Input in = make(sh.R, sh.C, in_dtype, Fill::normal, ++seed);
       for (DType f : formats)
         for (Granularity g : grans)
           for (bool rotate : {false, true})
             for (int copies = 0; copies < 3; ++copies) {
               QuantSpec s;
-              s.dtype = f, s.granularity = g, s.stochastic = copies == 2 && g != Granularity::tensor, s.seed = seed;
+              s.dtype = f, s.granularity = g, s.seed = seed;
+              s.stochastic = (copies == 2 && g != Granularity::tensor) || (copies == 0 && rotate);
               results.push_back(run_case(in, s, rotate, copies != 1, copies != 0, Fill::normal, false));
             }
     }
@@ -401,7 +403,7 @@ std::vector<CheckResult> quantize_cuda_checks(bool full) {
   if (full) {
     // Llama sizes, bf16 activations; the first case is the performance target
     // (per-tensor e4m3 with rotation), each timed.
-    const Shape2 big[] = {{8192, 4096}, {8192, 14336}, {4096, 11008}};
+    const Shape2 big[] = {{8192, 4096}, {8192, 14336}, {4096, 11008}, {8192, 2048}, {8192, 8192}};
     for (const Shape2& sh : big) {
       const Input in = make(sh.R, sh.C, DType::bf16, Fill::normal, ++seed);
       struct Big {
