@@ -60,10 +60,14 @@ HaloLinear::HaloLinear(int64_t in_features, int64_t out_features, bool has_bias,
   }
 }
 
-void HaloLinear::zero_grad() {
-  grad_w_.fill_zero();  // also read by weight_grad() before any backward
+// No memset per step: the next backward writes the gradients instead of adding
+// to them. Asked for before any backward, they are zeroed then.
+void HaloLinear::zero_grad() { grads_zero_ = true; }
+
+void HaloLinear::clear_if_no_backward() {
+  if (!grads_zero_) return;
+  grad_w_.fill_zero();
   if (grad_b_.defined()) grad_b_.fill_zero();
-  grads_zero_ = true;
 }
 
 void HaloLinear::prepare_weight() {
@@ -170,10 +174,16 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
 }
 
 Tensor HaloLinear::weight_grad() {
+  clear_if_no_backward();
   if (!recipe_.rotates()) return grad_w_;
   Tensor g = Tensor::empty(grad_w_.shape(), DType::f32, grad_w_.device());
   hadamard_rows(grad_w_, g, /*transpose=*/true);
   return g;
+}
+
+Tensor HaloLinear::bias_grad() {
+  clear_if_no_backward();
+  return grad_b_;
 }
 
 }  // namespace halo

@@ -47,7 +47,7 @@ class HaloLinear {
   Tensor backward(const Tensor& dy, const LinearSaved& saved);
 
   Tensor weight_grad();  // f32 [out, in], summed over backward calls since zero_grad()
-  Tensor bias_grad() const { return grad_b_; }
+  Tensor bias_grad();    // f32 [out], undefined without bias
   void zero_grad();
   void weight_updated() { weight_ready_ = false; }  // call after changing `weight`
   // Stochastic rounding of the gradients draws stream pass * 2^20 + k for the
@@ -58,6 +58,7 @@ class HaloLinear {
 
  private:
   void prepare_weight();
+  void clear_if_no_backward();  // zeroes the gradients when no backward ran since zero_grad()
   Tensor matmul_nt(const QTensor& a, const QTensor& b, const Tensor* bias_vec, Tensor* accumulate_into);
 
   int64_t in_, out_;
