@@ -1,6 +1,8 @@
 // halo bench train: whole training steps (forward, backward, AdamW with f32
 // master weights on the GPU, or bf16 weights and states with --master-weights
 // bf16) on random tokens, per recipe: step time, tokens/s, MFU and peak memory.
+// The LM head runs in bf16 unless --lm-head-recipe says otherwise (rows are
+// then named RECIPE/head-HEADRECIPE).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -70,7 +72,7 @@ int bench_train(const std::vector<std::string>& argv) {
   Args args(argv, {"recompute", "json"});
   args.check_all_used(
       {"model", "config", "recipe", "batch", "seq-len", "steps", "warmup", "recompute", "device", "json", "seed",
-       "master-weights"});
+       "master-weights", "lm-head-recipe"});
   const std::string model_dir = args.get("model", ""), config_path = args.get("config", "");
   HALO_CHECK(model_dir.empty() != config_path.empty(),
              "bench train: give --model DIR (a Hugging Face model) or --config FILE (a config.json, random init)");
@@ -86,6 +88,9 @@ int bench_train(const std::vector<std::string>& argv) {
   const int64_t steps = args.get_int("steps", gpu ? 10 : 3), warmup = args.get_int("warmup", gpu ? 3 : 1);
   const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 0));
   const bool recompute = args.has("recompute"), json = args.has("json");
+  const Recipe lm_head_recipe = parse_recipe(args.get("lm-head-recipe", "bf16"));
+  // Rows name the LM head's recipe when it is not the default bf16.
+  const std::string head_suffix = lm_head_recipe.quantized() ? "/head-" + lm_head_recipe.name() : "";
   OptimizerOptions optimizer_options;
   optimizer_options.master_weights = parse_master_weights(args.get("master-weights", "fp32"));
   const char* master_name = optimizer_options.master_weights == MasterWeights::fp32 ? "f32" : "bf16";
@@ -115,10 +120,11 @@ int bench_train(const std::vector<std::string>& argv) {
     }
     const bool host_peak = !gpu && reset_host_peak();
     Row row;
-    row.recipe = recipe.name();
+    row.recipe = recipe.name() + head_suffix;
     {
       ModelOptions mo;
       mo.recipe = recipe;
+      mo.lm_head_recipe = lm_head_recipe;
       mo.device = device;
       mo.dtype = gpu ? DType::bf16 : DType::f32;
       mo.recompute = recompute;
@@ -163,7 +169,7 @@ int bench_train(const std::vector<std::string>& argv) {
   }
   if (json) return 0;
   std::printf("%-22s %10s %12s %8s %12s %9s\n", "recipe", "step ms", "tokens/s", "MFU", "peak mem", "vs bf16");
-  const auto base = std::find_if(rows.begin(), rows.end(), [](const Row& r) { return r.recipe == "bf16"; });
+  const auto base = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.recipe == "bf16" + head_suffix; });
   for (const Row& r : rows) {
     char mfu[16] = "-", speed[16] = "-";
     if (r.mfu >= 0) std::snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * r.mfu);
