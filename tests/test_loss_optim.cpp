@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "kernels/adamw.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/hadamard.h"
 #include "testing.h"
 
 namespace halo {
@@ -497,6 +498,32 @@ TEST(AdamW, ClipFactorScalesTheGradient) {
   EXPECT_EQ(a.param.to_floats(), b.param.to_floats());
   EXPECT_EQ(a.m.to_floats(), b.m.to_floats());
   EXPECT_EQ(a.v.to_floats(), b.v.to_floats());
+}
+
+TEST(AdamW, RotatedGradientIsTurnedBackFirst) {
+  // grad_rotated: the step on G R equals the step on (G R) R^T, for a width of
+  // the GPU's fused kernel (2048) and one it rotates back first (12 x 64).
+  for (int64_t d : {2048, 768}) {
+    const int64_t rows = 3, n = rows * d;
+    AdamWParam a = make_state(n, DType::f32, 90), b = make_state(n, DType::f32, 90);
+    for (AdamWParam* t : {&a, &b})
+      for (Tensor* x : {&t->param, &t->grad, &t->m, &t->v}) *x = x->view({rows, d});
+    a.grad.copy_from(random_normal({rows, d}, 91, 1e-2f));
+    hadamard_rows(a.grad, b.grad, /*transpose=*/true);
+    a.grad_rotated = true;
+    AdamWConfig c;
+    c.step = 2;
+    adamw_step(a, c);
+    adamw_step(b, c);
+    EXPECT_EQ(a.param.to_floats(), b.param.to_floats()) << d;
+    EXPECT_EQ(a.m.to_floats(), b.m.to_floats()) << d;
+    EXPECT_EQ(a.v.to_floats(), b.v.to_floats()) << d;
+    EXPECT_NE(a.param.to_floats(), make_state(n, DType::f32, 90).param.to_floats()) << "the step moved nothing";
+  }
+  AdamWParam bad = make_state(64, DType::f32, 92);
+  bad.grad = Tensor::zeros({8, 8}, DType::f32);
+  bad.grad_rotated = true;
+  EXPECT_THROW(adamw_step(bad, AdamWConfig{}), Error);  // the shapes differ
 }
 
 TEST(AdamW, Errors) {

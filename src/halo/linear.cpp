@@ -181,6 +181,12 @@ Tensor HaloLinear::weight_grad() {
   return g;
 }
 
+Tensor HaloLinear::rotated_weight_grad() {
+  if (!recipe_.rotates()) return Tensor();
+  clear_if_no_backward();
+  return grad_w_;
+}
+
 Tensor HaloLinear::bias_grad() {
   clear_if_no_backward();
   return grad_b_;

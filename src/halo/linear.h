@@ -47,6 +47,9 @@ class HaloLinear {
   Tensor backward(const Tensor& dy, const LinearSaved& saved);
 
   Tensor weight_grad();  // f32 [out, in], summed over backward calls since zero_grad()
+  // Rotating recipes: the same gradient times R (rows in the rotated basis, as the
+  // backward accumulates it; no rotation back); undefined for the others.
+  Tensor rotated_weight_grad();
   Tensor bias_grad();    // f32 [out], undefined without bias
   void zero_grad();
   void weight_updated() { weight_ready_ = false; }  // call after changing `weight`

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/hadamard.h"
 
 namespace halo {
 
@@ -57,6 +58,10 @@ void check_adamw(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad
     HALO_CHECK(x->numel() == n, op, ": ", x->describe(), " does not match param ", t.param.describe());
     check_same_device(t.param, *x, op);
   }
+  if (t.grad_rotated)
+    HALO_CHECK(t.param.ndim() >= 1 && t.grad.shape() == t.param.shape(), op,
+               ": a rotated gradient needs the param's shape (rows of the rotated length), got ",
+               t.grad.describe(), " for ", t.param.describe());
   if (t.param_bf16.defined()) {
     HALO_CHECK(dt == DType::f32, op, ": param_bf16 is for f32 master weights, param is ", t.param.describe());
     check_dtype(t.param_bf16, DType::bf16, "adamw_step param_bf16");
@@ -128,6 +133,14 @@ void adamw_step(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad_
   }
   const float gs = grad_scale.defined() ? grad_scale.data_as<float>()[0] : 1.0f;
   if (!detail::finite_f32(gs)) return;  // skipped step: nothing is written
+  if (t.grad_rotated) {
+    AdamWParam u = t;
+    u.grad_rotated = false;
+    u.grad = Tensor::empty(t.grad.shape(), DType::f32);
+    hadamard_rows(t.grad, u.grad, /*transpose=*/true);
+    adamw_cpu(u, k, gs, sr, cfg.seed, stream);
+    return;
+  }
   adamw_cpu(t, k, gs, sr, cfg.seed, stream);
 }
 

@@ -1,6 +1,11 @@
 // CUDA AdamW, gradient norm and clip coefficient (semantics in adamw.h; the
 // CPU twin in adamw.cpp is the reference, optim_check.cpp compares the two).
 //
+// adamw_rotated_kernel (AdamWParam::grad_rotated, rows of 2048, 4096, 8192): the
+// gradient's rows are turned back by the S rotation of hadamard.cuh in shared
+// memory, then updated as below, 64 contiguous elements per thread; for a HALO
+// linear this saves writing and reading a rotated copy of its f32 gradient.
+//
 // adamw_kernel: one launch per tensor, a grid-stride loop over 8 elements per
 // thread and iteration, every access 16 bytes wide (f32: two float4 per array;
 // bf16: one uint4), then a scalar loop over the tail (or over everything when a
@@ -37,6 +42,8 @@
 #include "core/cuda_check.h"
 #include "core/stream.h"
 #include "kernels/adamw.h"
+#include "kernels/hadamard.cuh"
+#include "kernels/hadamard.h"
 
 namespace halo {
 
@@ -91,6 +98,37 @@ __device__ __forceinline__ void round_bf16(float p, float m, float v, uint64_t s
   }
 }
 
+// Loads p, m, v at elements i..i+7 (16-byte aligned), applies the update with
+// the scaled gradients g, stores them (and the bf16 copy pb, FP32 master only).
+template <class T, bool kSR>
+__device__ __forceinline__ void update8(T* p, T* m, T* v, uint16_t* pb, int64_t i, const float (&g)[8],
+                                        const AdamWScalars& k, uint64_t seed, uint64_t stream) {
+  float pv[8], mv[8], vv[8];
+  load8(p + i, pv);
+  load8(m + i, mv);
+  load8(v + i, vv);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) detail::adamw_update(pv[j], mv[j], vv[j], g[j], k);
+  if constexpr (sizeof(T) == 4) {
+    store8(p + i, pv);
+    store8(m + i, mv);
+    store8(v + i, vv);
+    if (pb) {
+      uint16_t b[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) b[j] = float_to_bf16_bits(pv[j]);
+      store8(pb + i, b);
+    }
+  } else {
+    uint16_t pb8[8], mb8[8], vb8[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) round_bf16<kSR>(pv[j], mv[j], vv[j], seed, stream, i + j, pb8[j], mb8[j], vb8[j]);
+    store8(p + i, pb8);
+    store8(m + i, mb8);
+    store8(v + i, vb8);
+  }
+}
+
 // T: float (FP32 master; pb optional bf16 copy) or uint16_t (BF16 storage).
 // Elements [0, nv) in vectors of 8 (nv % 8 == 0, pointers 16-byte aligned), [nv, n) one by one.
 template <class T, bool kSR>
@@ -103,31 +141,11 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = tid * 8; i < nv; i += stride * 8) {
-    float pv[8], gv[8], mv[8], vv[8];
-    load8(p + i, pv);
+    float gv[8];
     load8(g + i, gv);
-    load8(m + i, mv);
-    load8(v + i, vv);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) detail::adamw_update(pv[j], mv[j], vv[j], detail::mul_rn(gv[j], gs), k);
-    if constexpr (sizeof(T) == 4) {
-      store8(p + i, pv);
-      store8(m + i, mv);
-      store8(v + i, vv);
-      if (pb) {
-        uint16_t b[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) b[j] = float_to_bf16_bits(pv[j]);
-        store8(pb + i, b);
-      }
-    } else {
-      uint16_t pb8[8], mb8[8], vb8[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) round_bf16<kSR>(pv[j], mv[j], vv[j], seed, stream, i + j, pb8[j], mb8[j], vb8[j]);
-      store8(p + i, pb8);
-      store8(m + i, mb8);
-      store8(v + i, vb8);
-    }
+    for (int j = 0; j < 8; ++j) gv[j] = detail::mul_rn(gv[j], gs);
+    update8<T, kSR>(p, m, v, pb, i, gv, k, seed, stream);
   }
   for (int64_t i = nv + tid; i < n; i += stride) {
     if constexpr (sizeof(T) == 4) {
@@ -141,6 +159,42 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       float pi = bf16_bits_to_float(p[i]), mi = bf16_bits_to_float(m[i]), vi = bf16_bits_to_float(v[i]);
       detail::adamw_update(pi, mi, vi, detail::mul_rn(g[i], gs), k);
       round_bf16<kSR>(pi, mi, vi, seed, stream, i, p[i], m[i], v[i]);
+    }
+  }
+}
+
+// AdamW with the gradient's rows in the rotated basis (AdamWParam::grad_rotated),
+// rows of D = 2048, 4096, 8192: the S rotation of hadamard.cuh turns each row of
+// g back (K = 1: R^T = R), then every thread updates its 64 contiguous elements.
+// Persistent grid over groups of SRot<D>::Q rows.
+template <class T, bool kSR, int D>
+__global__ void __launch_bounds__(kThreads, 2)
+    adamw_rotated_kernel(T* __restrict__ p, const float* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+                         uint16_t* __restrict__ pb, const float* __restrict__ grad_scale, int64_t rows,
+                         float rot_scale, AdamWScalars k, uint64_t seed, uint64_t stream) {
+  using namespace hadamard_detail;
+  using S = SRot<D>;
+  extern __shared__ float4 adamw_smem[];
+  const float gs = grad_scale ? *grad_scale : 1.0f;
+  if (!detail::finite_f32(gs)) return;  // skipped step
+  const int t = static_cast<int>(threadIdx.x), w = t / S::T, lt = t % S::T;
+  float* s = reinterpret_cast<float*>(adamw_smem) + w * D;
+  const int64_t groups = (rows + S::Q - 1) / S::Q;
+  for (int64_t q = blockIdx.x; q < groups; q += gridDim.x) {
+    const int64_t r = q * S::Q + w;
+    __syncthreads();  // s is free
+    if (r < rows) s_pass_a<D>(g + r * D, nullptr, s, lt);
+    __syncthreads();
+    if (r >= rows) continue;
+    float gr[64];
+    s_pass_b<D>(s, lt, gr);
+    const int64_t i0 = r * D + 64 * lt;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      float g8[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) g8[j] = detail::mul_rn(__fmul_rn(gr[8 * c + j], rot_scale), gs);
+      update8<T, kSR>(p, m, v, pb, i0 + 8 * c, g8, k, seed, stream);
     }
   }
 }
@@ -216,6 +270,31 @@ unsigned grid_for(int64_t items) {
 
 }  // namespace
 
+template <class T, bool kSR, int D>
+void launch_rotated(T* p, const float* g, T* m, T* v, uint16_t* pb, const float* gs, int64_t rows,
+                    const AdamWScalars& k, uint64_t seed, uint64_t stream) {
+  const auto kernel = adamw_rotated_kernel<T, kSR, D>;
+  const size_t smem = hadamard_detail::kSRotBytes;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  const int64_t groups = (rows + hadamard_detail::SRot<D>::Q - 1) / hadamard_detail::SRot<D>::Q;
+  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(per_sm, 1)) * sm_count());
+  const float rot_scale = hadamard_device_plan(hadamard_plan(D)).scale;
+  kernel<<<static_cast<unsigned>(std::max<int64_t>(grid, 1)), kThreads, smem, current_stream()>>>(
+      p, g, m, v, pb, gs, rows, rot_scale, k, seed, stream);
+}
+
+template <class T, bool kSR>
+void launch_rotated_d(int64_t d, T* p, const float* g, T* m, T* v, uint16_t* pb, const float* gs, int64_t rows,
+                      const AdamWScalars& k, uint64_t seed, uint64_t stream) {
+  switch (d) {
+    case 2048: launch_rotated<T, kSR, 2048>(p, g, m, v, pb, gs, rows, k, seed, stream); break;
+    case 4096: launch_rotated<T, kSR, 4096>(p, g, m, v, pb, gs, rows, k, seed, stream); break;
+    default: launch_rotated<T, kSR, 8192>(p, g, m, v, pb, gs, rows, k, seed, stream); break;
+  }
+}
+
 void adamw_step_cuda(const AdamWParam& t, const AdamWScalars& k, const Tensor& grad_scale, bool sr, uint64_t seed,
                      uint64_t stream) {
   const int64_t n = t.param.numel();
@@ -223,6 +302,33 @@ void adamw_step_cuda(const AdamWParam& t, const AdamWScalars& k, const Tensor& g
   uint16_t* pb = t.param_bf16.defined() ? t.param_bf16.data_as<uint16_t>() : nullptr;
   const bool vec = aligned16(t.param.data()) && aligned16(t.grad.data()) && aligned16(t.m.data()) &&
                    aligned16(t.v.data()) && (!pb || aligned16(pb));
+  if (t.grad_rotated) {
+    const int64_t d = t.param.size(-1);
+    if (!hadamard_s_width(d) || !vec) {  // rotate back first, then the plain update
+      AdamWParam u = t;
+      u.grad_rotated = false;
+      u.grad = Tensor::empty(t.grad.shape(), DType::f32, Device::cuda);
+      hadamard_rows(t.grad, u.grad, /*transpose=*/true);
+      adamw_step_cuda(u, k, grad_scale, sr, seed, stream);
+      return;
+    }
+    const float* g = t.grad.data_as<float>();
+    const int64_t rows = n / d;
+    if (t.param.dtype() == DType::f32) {
+      launch_rotated_d<float, false>(d, t.param.data_as<float>(), g, t.m.data_as<float>(), t.v.data_as<float>(), pb,
+                                     gs, rows, k, seed, stream);
+    } else {
+      uint16_t* p = t.param.data_as<uint16_t>();
+      uint16_t* m = t.m.data_as<uint16_t>();
+      uint16_t* v = t.v.data_as<uint16_t>();
+      if (sr)
+        launch_rotated_d<uint16_t, true>(d, p, g, m, v, nullptr, gs, rows, k, seed, stream);
+      else
+        launch_rotated_d<uint16_t, false>(d, p, g, m, v, nullptr, gs, rows, k, seed, stream);
+    }
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   const int64_t nv = vec ? n / 8 * 8 : 0;
   const unsigned blocks = grid_for(std::max(nv / 8, n - nv));
   const cudaStream_t s = current_stream();

@@ -72,6 +72,13 @@ struct AdamWParam {
   Tensor param_bf16;  // FP32 master only, optional: written with bf16(param)
   bool decay = true;  // false: no weight decay (norm weights, biases)
   uint32_t id = 0;    // tells tensors apart in the stochastic-rounding stream
+  // true: grad holds G R, the gradient G with its rows rotated by the Hadamard
+  // rotation of their length (a HALO linear's weight gradient as its backward
+  // accumulates it); the step uses G = (G R) R^T. The GPU rotates back inside
+  // the update for rows of 2048, 4096 and 8192 (hadamard_s_width; 16-byte
+  // aligned tensors): no rotated copy of the gradient is written and read
+  // again. Otherwise, and on the CPU, hadamard_rows rotates it first.
+  bool grad_rotated = false;
 };
 
 // One AdamW step of one tensor. grad_scale: undefined, or f32 [1] on the

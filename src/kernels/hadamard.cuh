@@ -491,11 +491,10 @@ constexpr size_t kSRotBytes = static_cast<size_t>(kSElems) * 4;
 __host__ __device__ constexpr size_t s_smem_bytes(size_t input_bytes) {
   return kSRotBytes + (input_bytes == 2 ? static_cast<size_t>(kSElems) * 2 : 0);
 }
-__host__ __device__ constexpr bool s_rotation_width(int64_t d) { return d == 2048 || d == 4096 || d == 8192; }
 
 template <int D>
 struct SRot {
-  static_assert(D == 2048 || D == 4096 || D == 8192, "the S rotation takes d = 2048, 4096, 8192");
+  static_assert(hadamard_s_width(D), "the S rotation takes d = 2048, 4096, 8192");
   static constexpr int T = D / 64;                  // threads per row
   static constexpr int Q = kSThreads / T;           // rows per block
   static constexpr int kLowBits = T == 32 ? 5 : 6;  // pass B's bits in registers

@@ -42,6 +42,10 @@ const HadamardPlan& hadamard_plan(int64_t d);
 // Whether length d has a full (not block-diagonal) rotation; builds nothing.
 bool hadamard_full(int64_t d);
 
+// The row widths of the S rotation (hadamard.cuh): 2048, 4096, 8192, where the
+// GPU fuses the rotation into the quantizer and into AdamW.
+constexpr bool hadamard_s_width(int64_t d) { return d == 2048 || d == 4096 || d == 8192; }
+
 // y = x R (transpose = false) or y = x R^T along the last dim of x ([..., d]).
 // x and y are f32 or bf16 (may differ), same shape and device; y may alias x
 // (exactly, not a partial overlap). Compute is f32; bf16 is written with

@@ -9,10 +9,12 @@
 // rounding included, so p, m, v and the bf16 copy must be bitwise equal (error:
 // the largest distance in units in the last place of the stored format).
 // Gradient norm: f64 partial sums in different orders, 1e-6 relative.
+// AdamW with a gradient in the rotated basis: see adamw_rotated_checks.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/rng.h"
@@ -224,6 +226,57 @@ void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, std::vector<C
   }
 }
 
+// Three steps with the gradient in the rotated basis (AdamWParam::grad_rotated),
+// [rows, d]: the GPU turns it back inside the update (d = 2048, 4096, 8192) or
+// by hadamard_rows first (other d), the CPU always by hadamard_rows. The two
+// rotations round differently (f32 sums in other orders, relative ~1e-7), so
+// this compares by relative error: 1e-5 for f32 storage; bf16 storage rounds a
+// few elements to the neighbouring bf16 value (2^-8 relative each), 1e-3.
+void adamw_rotated_checks(int64_t rows, int64_t d, DType dtype, bool sr, std::vector<CheckResult>& out) {
+  const char* mode = dtype == DType::f32 ? "fp32-master" : (sr ? "bf16+sr" : "bf16");
+  CheckResult res;
+  res.name = std::string("adamw rotated gradient ") + mode + " " + std::to_string(rows) + "x" + std::to_string(d);
+  res.tolerance = dtype == DType::f32 ? 1e-5 : 1e-3;
+  res.detail = "relative error of p, m, v, bf16 copy over 3 steps";
+  try {
+    const int64_t n = rows * d;
+    const auto as_rows = [&](AdamWParam t) {
+      for (Tensor* x : {&t.param, &t.grad, &t.m, &t.v, &t.param_bf16})
+        if (x->defined()) *x = x->view({rows, d});
+      t.grad_rotated = true;
+      return t;
+    };
+    AdamWParam cpu = as_rows(make_param(n, dtype, dtype == DType::f32, 0, 300 + d));
+    cpu.id = 3;
+    AdamWParam gpu = as_rows(copy_param(cpu, Device::cuda, 0));
+    Tensor scale = Tensor::empty({1}, DType::f32);
+    scale.data_as<float>()[0] = 0.7f;
+    const Tensor scale_gpu = copy_to(scale, Device::cuda);
+    AdamWConfig cfg;
+    cfg.lr = 1e-3f;
+    cfg.weight_decay = 0.1f;
+    cfg.stochastic_rounding = sr;
+    cfg.seed = 99;
+    for (int64_t step = 1; step <= 3; ++step) {
+      cfg.step = step;
+      const Tensor g = host_normal({rows, d}, DType::f32, 400 + step, 1e-3f);
+      cpu.grad.copy_from(g);
+      gpu.grad.copy_from(g);
+      adamw_step(gpu, cfg, scale_gpu);
+      adamw_step(cpu, cfg, scale);
+    }
+    const std::pair<const Tensor*, const Tensor*> pairs[] = {
+        {&gpu.param, &cpu.param}, {&gpu.m, &cpu.m}, {&gpu.v, &cpu.v}, {&gpu.param_bf16, &cpu.param_bf16}};
+    for (const auto& [a, b] : pairs)
+      if (a->defined()) res.error = std::max(res.error, relative_error(a->to_floats(), b->to_floats()));
+  } catch (const std::exception& ex) {
+    res.error = NAN;
+    res.detail = ex.what();
+  }
+  res.ok = res.error <= res.tolerance;
+  out.push_back(res);
+}
+
 // A NaN in the gradient: the norm and the clip coefficient are NaN and the step
 // writes nothing.
 void adamw_nan_check(DType dtype, std::vector<CheckResult>& out) {
@@ -280,6 +333,14 @@ std::vector<CheckResult> loss_optim_cuda_checks(bool full) {
     }
   adamw_nan_check(DType::f32, out);
   adamw_nan_check(DType::bf16, out);
+  // Rotated gradients: 11 rows end with a partial group of rows (8, 4, 2 per block);
+  // 1536 is rotated back before the plain update.
+  for (int64_t d : {2048, 4096, 8192, 1536}) {
+    adamw_rotated_checks(11, d, DType::f32, false, out);
+    adamw_rotated_checks(11, d, DType::bf16, false, out);
+    adamw_rotated_checks(11, d, DType::bf16, true, out);
+  }
+  if (full) adamw_rotated_checks(4096, 4096, DType::f32, false, out);
   return out;
 }
 #else

@@ -1329,7 +1329,7 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
       cfg.mode = kFast;
       cfg.G = C <= 16 * kThreads ? 1 : (C <= 32 * kThreads ? 2 : 4);
       cfg.regs = hp.k == 1 && seg256 && cfg.G <= 2 && !need_t && (tensor || row_onepass || !spec.scaled);
-      cfg.s = hadamard_detail::s_rotation_width(C) && hp.k == 1 && hp.full() ? static_cast<int>(C) : 0;
+      cfg.s = hadamard_s_width(C) && hp.k == 1 && hp.full() ? static_cast<int>(C) : 0;
       row_floats = static_cast<int64_t>(fast_bytes / 4);
     } else if (kmix_ok && static_cast<size_t>(pad4(C)) * 4 + tile_bytes <= limit) {
       cfg.mode = kGeneric;

@@ -385,18 +385,20 @@ std::vector<Parameter> LlamaModel::parameters() {
   Impl& m = *impl_;
   std::vector<Parameter> out;
   const auto tensor = [&](const std::string& name, const Tensor& grad, bool decay) {
-    out.push_back({name, m.values.at(name), [grad] { return grad; }, {}, decay});
+    out.push_back({name, m.values.at(name), [grad] { return grad; }, {}, decay, {}});
   };
   const auto linear = [&](const std::string& name, HaloLinear* lin) {
+    std::function<Tensor()> rotated;  // the optimizer turns a rotating recipe's gradient back itself
+    if (lin->recipe().rotates()) rotated = [lin] { return lin->rotated_weight_grad(); };
     out.push_back({name + ".weight", lin->weight, [lin] { return lin->weight_grad(); },
-                   [lin] { lin->weight_updated(); }, true});
+                   [lin] { lin->weight_updated(); }, true, rotated});
     if (lin->bias.defined())
-      out.push_back({name + ".bias", lin->bias, [lin] { return lin->bias_grad(); }, {}, false});
+      out.push_back({name + ".bias", lin->bias, [lin] { return lin->bias_grad(); }, {}, false, {}});
   };
   if (m.c.tie_word_embeddings) {
     HaloLinear* head = m.lm_head.get();
     out.push_back({"model.embed_tokens.weight", m.embed, [head] { return head->weight_grad(); },
-                   [head] { head->weight_updated(); }, true});
+                   [head] { head->weight_updated(); }, true, {}});
   } else {
     tensor("model.embed_tokens.weight", m.embed_grad, true);
   }

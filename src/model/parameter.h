@@ -25,6 +25,11 @@ struct Parameter {
   // re-quantizes its weight on next use). May be empty.
   std::function<void()> updated;
   bool decay = true;  // false for norm weights and biases: no weight decay
+  // Optional: the gradient times R, its rows rotated by the Hadamard rotation of
+  // their length (a HALO linear's gradient as its backward accumulates it, before
+  // grad() rotates it back). The optimizer takes this one when given and turns it
+  // back inside its update (AdamWParam::grad_rotated); the norm is the same.
+  std::function<Tensor()> rotated_grad;
 };
 
 }  // namespace halo

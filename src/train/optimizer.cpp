@@ -56,7 +56,7 @@ Tensor Optimizer::step(float lr, float max_norm) {
   std::vector<Tensor> grads;
   grads.reserve(params_.size());
   for (const Parameter& p : params_) {
-    Tensor g = p.grad();
+    Tensor g = p.rotated_grad ? p.rotated_grad() : p.grad();
     HALO_CHECK(g.defined() && g.numel() == p.value.numel(), "Optimizer: gradient of '", p.name, "' is ",
                g.defined() ? g.describe() : "undefined", ", the value is ", p.value.describe());
     check_dtype(g, DType::f32, "Optimizer gradient");
@@ -85,6 +85,7 @@ Tensor Optimizer::step(float lr, float max_norm) {
     t.v = s.v;
     if (s.master.defined()) t.param_bf16 = p.value;
     t.decay = p.decay;
+    t.grad_rotated = static_cast<bool>(p.rotated_grad);
     t.id = static_cast<uint32_t>(i);
     adamw_step(t, cfg, scale);
   }
