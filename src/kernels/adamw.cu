@@ -3,8 +3,10 @@
 //
 // adamw_rotated_kernel (AdamWParam::grad_rotated, rows of 2048, 4096, 8192): the
 // gradient's rows are turned back by the S rotation of hadamard.cuh in shared
-// memory, then updated as below, 64 contiguous elements per thread; for a HALO
-// linear this saves writing and reading a rotated copy of its f32 gradient.
+// memory, then updated as below; for a HALO linear this saves writing and
+// reading a rotated copy of its f32 gradient. (Updating each thread's 64
+// contiguous elements straight from registers, uncoalesced, was slower than the
+// separate rotation.)
 //
 // adamw_kernel: one launch per tensor, a grid-stride loop over 8 elements per
 // thread and iteration, every access 16 bytes wide (f32: two float4 per array;
@@ -164,9 +166,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
 }
 
 // AdamW with the gradient's rows in the rotated basis (AdamWParam::grad_rotated),
-// rows of D = 2048, 4096, 8192: the S rotation of hadamard.cuh turns each row of
-// g back (K = 1: R^T = R), then every thread updates its 64 contiguous elements.
-// Persistent grid over groups of SRot<D>::Q rows.
+// rows of D = 2048, 4096, 8192. Persistent grid over groups of SRot<D>::Q
+// consecutive rows (kThreads * 64 contiguous elements): the S rotation of
+// hadamard.cuh turns each row of g back (K = 1: R^T = R) and every thread puts
+// its 64 values, scaled, back into shared memory; then the group is updated as
+// a flat range, thread t taking the 8-vectors t + kThreads k, so that the loads
+// and stores of p, m, v are coalesced as in adamw_kernel.
 template <class T, bool kSR, int D>
 __global__ void __launch_bounds__(kThreads, 2)
     adamw_rotated_kernel(T* __restrict__ p, const float* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
@@ -178,23 +183,37 @@ __global__ void __launch_bounds__(kThreads, 2)
   const float gs = grad_scale ? *grad_scale : 1.0f;
   if (!detail::finite_f32(gs)) return;  // skipped step
   const int t = static_cast<int>(threadIdx.x), w = t / S::T, lt = t % S::T;
-  float* s = reinterpret_cast<float*>(adamw_smem) + w * D;
+  float* all = reinterpret_cast<float*>(adamw_smem);
+  float* s = all + w * D;
   const int64_t groups = (rows + S::Q - 1) / S::Q;
   for (int64_t q = blockIdx.x; q < groups; q += gridDim.x) {
     const int64_t r = q * S::Q + w;
-    __syncthreads();  // s is free
+    __syncthreads();  // shared memory is free
     if (r < rows) s_pass_a<D>(g + r * D, nullptr, s, lt);
     __syncthreads();
-    if (r >= rows) continue;
-    float gr[64];
-    s_pass_b<D>(s, lt, gr);
-    const int64_t i0 = r * D + 64 * lt;
+    if (r < rows) {
+      float gr[64];
+      s_pass_b<D>(s, lt, gr);
+      if constexpr (S::T == 128) __syncwarp();  // the neighbour has read this thread's part
 #pragma unroll
-    for (int c = 0; c < 8; ++c) {
-      float g8[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) g8[j] = detail::mul_rn(__fmul_rn(gr[8 * c + j], rot_scale), gs);
-      update8<T, kSR>(p, m, v, pb, i0 + 8 * c, g8, k, seed, stream);
+      for (int c = 0; c < 16; ++c)
+        *reinterpret_cast<float4*>(s + 64 * lt + 4 * (c ^ (lt & 7))) =
+            make_float4(__fmul_rn(gr[4 * c], rot_scale), __fmul_rn(gr[4 * c + 1], rot_scale),
+                        __fmul_rn(gr[4 * c + 2], rot_scale), __fmul_rn(gr[4 * c + 3], rot_scale));
+    }
+    __syncthreads();
+    const int64_t base = q * S::Q * D, end = rows * D;
+#pragma unroll 2
+    for (int j = 0; j < kSElems / 8 / kThreads; ++j) {
+      const int e = 8 * (t + j * kThreads);  // element of the group; its 8 share one 64-float part
+      if (base + e >= end) break;
+      const int a = e >> 6, c = (e & 63) >> 2;
+      const float4 lo = *reinterpret_cast<const float4*>(all + 64 * a + 4 * (c ^ (a & 7)));
+      const float4 hi = *reinterpret_cast<const float4*>(all + 64 * a + 4 * ((c + 1) ^ (a & 7)));
+      const float g8[8] = {detail::mul_rn(lo.x, gs), detail::mul_rn(lo.y, gs), detail::mul_rn(lo.z, gs),
+                           detail::mul_rn(lo.w, gs), detail::mul_rn(hi.x, gs), detail::mul_rn(hi.y, gs),
+                           detail::mul_rn(hi.z, gs), detail::mul_rn(hi.w, gs)};
+      update8<T, kSR>(p, m, v, pb, base + e, g8, k, seed, stream);
     }
   }
 }
