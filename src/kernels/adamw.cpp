@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "core/error.h"
@@ -76,6 +77,14 @@ void check_adamw(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad
   }
 }
 
+// Whether the GPU kernel rotates t's gradient back itself (rows of an S width,
+// every buffer 16-byte aligned).
+bool rotation_fuses(const AdamWParam& t) {
+  const auto aligned = [](const Tensor& x) { return !x.defined() || reinterpret_cast<uintptr_t>(x.data()) % 16 == 0; };
+  return hadamard_s_width(t.param.size(-1)) && aligned(t.param) && aligned(t.grad) && aligned(t.m) &&
+         aligned(t.v) && aligned(t.param_bf16);
+}
+
 void adamw_cpu(const AdamWParam& t, const detail::AdamWScalars& k, float gs, bool sr, uint64_t seed,
                uint64_t stream) {
   const int64_t n = t.param.numel();
@@ -125,6 +134,14 @@ void adamw_step(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad_
   const bool sr = cfg.stochastic_rounding && t.param.dtype() == DType::bf16;
   const uint64_t stream = detail::adamw_stream(cfg.step, t.id);
   if (t.param.numel() == 0) return;
+  if (t.grad_rotated && !(t.param.is_cuda() && rotation_fuses(t))) {  // turned back first
+    AdamWParam u = t;
+    u.grad_rotated = false;
+    u.grad = Tensor::empty(t.grad.shape(), DType::f32, t.grad.device());
+    hadamard_rows(t.grad, u.grad, /*transpose=*/true);
+    adamw_step(u, cfg, grad_scale);
+    return;
+  }
   if (t.param.is_cuda()) {
 #ifdef HALO_HAS_CUDA
     adamw_step_cuda(t, k, grad_scale, sr, cfg.seed, stream);
@@ -133,14 +150,6 @@ void adamw_step(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad_
   }
   const float gs = grad_scale.defined() ? grad_scale.data_as<float>()[0] : 1.0f;
   if (!detail::finite_f32(gs)) return;  // skipped step: nothing is written
-  if (t.grad_rotated) {
-    AdamWParam u = t;
-    u.grad_rotated = false;
-    u.grad = Tensor::empty(t.grad.shape(), DType::f32);
-    hadamard_rows(t.grad, u.grad, /*transpose=*/true);
-    adamw_cpu(u, k, gs, sr, cfg.seed, stream);
-    return;
-  }
   adamw_cpu(t, k, gs, sr, cfg.seed, stream);
 }
 

@@ -45,7 +45,6 @@
 #include "core/stream.h"
 #include "kernels/adamw.h"
 #include "kernels/hadamard.cuh"
-#include "kernels/hadamard.h"
 
 namespace halo {
 
@@ -321,16 +320,8 @@ void adamw_step_cuda(const AdamWParam& t, const AdamWScalars& k, const Tensor& g
   uint16_t* pb = t.param_bf16.defined() ? t.param_bf16.data_as<uint16_t>() : nullptr;
   const bool vec = aligned16(t.param.data()) && aligned16(t.grad.data()) && aligned16(t.m.data()) &&
                    aligned16(t.v.data()) && (!pb || aligned16(pb));
-  if (t.grad_rotated) {
+  if (t.grad_rotated) {  // rows of an S width, aligned (adamw_step sends no other)
     const int64_t d = t.param.size(-1);
-    if (!hadamard_s_width(d) || !vec) {  // rotate back first, then the plain update
-      AdamWParam u = t;
-      u.grad_rotated = false;
-      u.grad = Tensor::empty(t.grad.shape(), DType::f32, Device::cuda);
-      hadamard_rows(t.grad, u.grad, /*transpose=*/true);
-      adamw_step_cuda(u, k, grad_scale, sr, seed, stream);
-      return;
-    }
     const float* g = t.grad.data_as<float>();
     const int64_t rows = n / d;
     if (t.param.dtype() == DType::f32) {

@@ -171,6 +171,16 @@ AdamWParam copy_param(const AdamWParam& h, Device device, int64_t offset) {
   return d;
 }
 
+// The AdamW settings of the checks: weight decay on, stochastic rounding as asked.
+AdamWConfig check_config(bool sr, uint64_t seed) {
+  AdamWConfig cfg;
+  cfg.lr = 1e-3f;
+  cfg.weight_decay = 0.1f;
+  cfg.stochastic_rounding = sr;
+  cfg.seed = seed;
+  return cfg;
+}
+
 // Three steps of AdamW (gradients clipped through the device norm) on the GPU and the CPU.
 void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, std::vector<CheckResult>& out) {
   const char* mode = dtype == DType::f32 ? "fp32-master" : (sr ? "bf16+sr" : "bf16");
@@ -188,11 +198,7 @@ void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, std::vector<C
     AdamWParam gpu = copy_param(cpu, Device::cuda, offset);
     const Tensor extra = host_normal({1001}, DType::f32, 3, 1e-2f);  // a second tensor in the norm
     const Tensor extra_gpu = copy_to(extra, Device::cuda);
-    AdamWConfig cfg;
-    cfg.lr = 1e-3f;
-    cfg.weight_decay = 0.1f;
-    cfg.stochastic_rounding = sr;
-    cfg.seed = 1234;
+    AdamWConfig cfg = check_config(sr, 1234);
     for (int64_t step = 1; step <= 3; ++step) {
       cfg.step = step;
       const Tensor g = host_normal({n}, DType::f32, 200 + step, 1e-3f);
@@ -252,11 +258,7 @@ void adamw_rotated_checks(int64_t rows, int64_t d, DType dtype, bool sr, std::ve
     Tensor scale = Tensor::empty({1}, DType::f32);
     scale.data_as<float>()[0] = 0.7f;
     const Tensor scale_gpu = copy_to(scale, Device::cuda);
-    AdamWConfig cfg;
-    cfg.lr = 1e-3f;
-    cfg.weight_decay = 0.1f;
-    cfg.stochastic_rounding = sr;
-    cfg.seed = 99;
+    AdamWConfig cfg = check_config(sr, 99);
     for (int64_t step = 1; step <= 3; ++step) {
       cfg.step = step;
       const Tensor g = host_normal({rows, d}, DType::f32, 400 + step, 1e-3f);
@@ -292,10 +294,7 @@ void adamw_nan_check(DType dtype, std::vector<CheckResult>& out) {
     AdamWParam gpu = copy_param(host, Device::cuda, 0);
     const Tensor norm = global_norm_squared({gpu.grad});
     const Tensor scale = clip_coefficient(norm, 1.0f);
-    AdamWConfig cfg;
-    cfg.lr = 1e-3f;
-    cfg.weight_decay = 0.1f;
-    cfg.stochastic_rounding = true;
+    const AdamWConfig cfg = check_config(true, 0);
     adamw_step(gpu, cfg, scale);
     res.error = std::max({max_ulps(gpu.param, host.param, dtype), max_ulps(gpu.m, host.m, dtype),
                           max_ulps(gpu.v, host.v, dtype)});
