@@ -806,7 +806,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks<G>()) quantize_kernel(Par
 // Rotated rows of d = 2048, 4096, 8192: the S rotation of hadamard.cuh, T = d / 64
 // threads per row, kThreads / T rows per block.
 using hadamard_detail::cp_async_wait_all;
-using hadamard_detail::kSElems;
 using hadamard_detail::s_pass_a;
 using hadamard_detail::s_pass_b;
 using hadamard_detail::s_prefetch;
