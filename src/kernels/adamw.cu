@@ -45,6 +45,7 @@
 #include "core/stream.h"
 #include "kernels/adamw.h"
 #include "kernels/hadamard.cuh"
+#include "kernels/launch.cuh"
 
 namespace halo {
 
@@ -271,13 +272,6 @@ __global__ void clip_coefficient_kernel(const float* norm_sq, float max_norm, fl
   *out = detail::clip_coefficient_of(*norm_sq, max_norm);
 }
 
-int sm_count() {
-  int dev = 0, count = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
-  return count;
-}
-
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Blocks for `items` units of work of one thread each, at most kBlocksPerSm per SM.
@@ -288,29 +282,20 @@ unsigned grid_for(int64_t items) {
 
 }  // namespace
 
-template <class T, bool kSR, int D>
-void launch_rotated(T* p, const float* g, T* m, T* v, uint16_t* pb, const float* gs, int64_t rows,
-                    const AdamWScalars& k, uint64_t seed, uint64_t stream) {
-  const auto kernel = adamw_rotated_kernel<T, kSR, D>;
-  const size_t smem = hadamard_detail::kSRotBytes;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int per_sm = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  const int64_t groups = (rows + hadamard_detail::SRot<D>::Q - 1) / hadamard_detail::SRot<D>::Q;
-  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(per_sm, 1)) * sm_count());
-  const float rot_scale = hadamard_device_plan(hadamard_plan(D)).scale;
-  kernel<<<static_cast<unsigned>(std::max<int64_t>(grid, 1)), kThreads, smem, current_stream()>>>(
-      p, g, m, v, pb, gs, rows, rot_scale, k, seed, stream);
-}
-
+// adamw_rotated_kernel for rows of an S width d.
 template <class T, bool kSR>
-void launch_rotated_d(int64_t d, T* p, const float* g, T* m, T* v, uint16_t* pb, const float* gs, int64_t rows,
-                      const AdamWScalars& k, uint64_t seed, uint64_t stream) {
-  switch (d) {
-    case 2048: launch_rotated<T, kSR, 2048>(p, g, m, v, pb, gs, rows, k, seed, stream); break;
-    case 4096: launch_rotated<T, kSR, 4096>(p, g, m, v, pb, gs, rows, k, seed, stream); break;
-    default: launch_rotated<T, kSR, 8192>(p, g, m, v, pb, gs, rows, k, seed, stream); break;
-  }
+void launch_rotated(int64_t d, T* p, const float* g, T* m, T* v, uint16_t* pb, const float* gs, int64_t rows,
+                    const AdamWScalars& k, uint64_t seed, uint64_t stream) {
+  hadamard_detail::dispatch_s_width(d, [&](auto dc) {
+    constexpr int D = decltype(dc)::value;
+    const auto kernel = adamw_rotated_kernel<T, kSR, D>;
+    const size_t smem = hadamard_detail::kSRotBytes;
+    const int64_t groups = (rows + hadamard_detail::SRot<D>::Q - 1) / hadamard_detail::SRot<D>::Q;
+    const int64_t grid = std::min(groups, resident_blocks(kernel, kThreads, smem));
+    const float rot_scale = hadamard_device_plan(hadamard_plan(D)).scale;
+    kernel<<<static_cast<unsigned>(std::max<int64_t>(grid, 1)), kThreads, smem, current_stream()>>>(
+        p, g, m, v, pb, gs, rows, rot_scale, k, seed, stream);
+  });
 }
 
 void adamw_step_cuda(const AdamWParam& t, const AdamWScalars& k, const Tensor& grad_scale, bool sr, uint64_t seed,
@@ -325,16 +310,16 @@ void adamw_step_cuda(const AdamWParam& t, const AdamWScalars& k, const Tensor& g
     const float* g = t.grad.data_as<float>();
     const int64_t rows = n / d;
     if (t.param.dtype() == DType::f32) {
-      launch_rotated_d<float, false>(d, t.param.data_as<float>(), g, t.m.data_as<float>(), t.v.data_as<float>(), pb,
+      launch_rotated<float, false>(d, t.param.data_as<float>(), g, t.m.data_as<float>(), t.v.data_as<float>(), pb,
                                      gs, rows, k, seed, stream);
     } else {
       uint16_t* p = t.param.data_as<uint16_t>();
       uint16_t* m = t.m.data_as<uint16_t>();
       uint16_t* v = t.v.data_as<uint16_t>();
       if (sr)
-        launch_rotated_d<uint16_t, true>(d, p, g, m, v, nullptr, gs, rows, k, seed, stream);
+        launch_rotated<uint16_t, true>(d, p, g, m, v, nullptr, gs, rows, k, seed, stream);
       else
-        launch_rotated_d<uint16_t, false>(d, p, g, m, v, nullptr, gs, rows, k, seed, stream);
+        launch_rotated<uint16_t, false>(d, p, g, m, v, nullptr, gs, rows, k, seed, stream);
     }
     CUDA_CHECK_LAUNCH();
     return;

@@ -29,6 +29,7 @@
 #include "core/cuda_check.h"
 #include "core/stream.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/launch.cuh"
 
 namespace halo {
 
@@ -204,13 +205,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
-}
-
-int sm_count() {
-  int dev = 0, count = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
-  return count;
 }
 
 template <class T>

@@ -32,6 +32,7 @@
 #include "core/error.h"
 #include "core/stream.h"
 #include "kernels/decode_attention.h"
+#include "kernels/launch.cuh"
 #include "kernels/vec.cuh"
 
 namespace halo::detail {
@@ -39,13 +40,6 @@ namespace halo::detail {
 namespace {
 
 using bf16 = __nv_bfloat16;
-
-int sm_count() {
-  int dev = 0, count = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
-  return count;
-}
 
 // ---- kv_cache_append -----------------------------------------------------------------
 

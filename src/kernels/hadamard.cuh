@@ -42,6 +42,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/hadamard.h"
 
@@ -512,6 +513,16 @@ __device__ __forceinline__ int s_addr_a(int lt, int j) {
   } else {
     const int hi = lt >> 6;
     return 128 * j + 64 * hi + (((lt & 63) ^ (4 * hi)) ^ (8 * (j & 3)));
+  }
+}
+
+// Host side: f(std::integral_constant<int, d>) for an S width d (hadamard_s_width).
+template <class F>
+void dispatch_s_width(int64_t d, F&& f) {
+  switch (d) {
+    case 2048: f(std::integral_constant<int, 2048>{}); break;
+    case 4096: f(std::integral_constant<int, 4096>{}); break;
+    default: f(std::integral_constant<int, 8192>{}); break;
   }
 }
 

@@ -56,9 +56,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <map>
-#include <mutex>
-#include <tuple>
 #include <type_traits>
 
 #include "core/cuda_check.h"
@@ -67,6 +64,7 @@
 #include "core/stream.h"
 #include "kernels/hadamard.cuh"
 #include "kernels/hadamard.h"
+#include "kernels/launch.cuh"
 #include "kernels/quantize.h"
 
 namespace halo::detail {
@@ -1155,13 +1153,6 @@ __global__ void __launch_bounds__(kThreads) dequantize_kernel(const uint8_t* q, 
 
 
 // ---- host side -------------------------------------------------------------------
-int sm_count() {
-  int dev = 0, n = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  return n;
-}
-
 int max_optin_smem() {
   int dev = 0, n = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -1170,27 +1161,6 @@ int max_optin_smem() {
 }
 
 unsigned row_grid(int64_t R) { return static_cast<unsigned>(std::min<int64_t>(R, INT_MAX)); }
-
-// Allows `smem` bytes of dynamic shared memory for `kernel` and returns how many
-// of its blocks fit on the whole GPU at once (cached per kernel, size and device).
-template <class Kernel>
-int64_t resident_blocks(Kernel kernel, size_t smem) {
-  if (smem > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  static std::mutex mu;
-  static std::map<std::tuple<const void*, size_t, int>, int64_t> cache;
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), smem, dev);
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(key);
-  if (it == cache.end()) {
-    int per_sm = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-    it = cache.emplace(key, static_cast<int64_t>(std::max(per_sm, 1)) * sm_count()).first;
-  }
-  return it->second;
-}
 
 template <class Kernel, class... Args>
 void launch(Kernel kernel, int64_t grid, size_t smem, Args... args) {
@@ -1210,16 +1180,6 @@ struct Config {
   bool regs = false;
   int s = 0;  // the S rotation's d (2048, 4096, 8192; K = 1), or 0
 };
-
-// f(std::integral_constant<int, d>) for the S rotation's d.
-template <class F>
-void dispatch_s(int d, F&& f) {
-  switch (d) {
-    case 2048: f(std::integral_constant<int, 2048>{}); break;
-    case 4096: f(std::integral_constant<int, 4096>{}); break;
-    default: f(std::integral_constant<int, 8192>{}); break;
-  }
-}
 
 template <class In_, int V_, int kMode_, int G_, bool kRegs_>
 struct Variant {
@@ -1356,15 +1316,16 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     return cfg.f32 ? absmax_s_kernel<float, decltype(d)::value> : absmax_s_kernel<uint16_t, decltype(d)::value>;
   };
   if (tensor && cfg.s) {
-    dispatch_s(cfg.s, [&](auto d) {
-      grid1 = std::min(n_s_groups, resident_blocks(absmax_s(d), cfg.f32 ? s_smem<float>() : s_smem<uint16_t>()));
+    hadamard_detail::dispatch_s_width(cfg.s, [&](auto d) {
+      grid1 = std::min(n_s_groups,
+                       resident_blocks(absmax_s(d), kThreads, cfg.f32 ? s_smem<float>() : s_smem<uint16_t>()));
     });
   } else if (tensor) {
     dispatch(cfg, [&](auto var) {
       using Var = decltype(var);
       const int64_t cap = Var::kMode == kDirect ? (R * C / Var::V + 4 * kThreads - 1) / (4 * kThreads) : R;
       grid1 = std::min(cap, resident_blocks(absmax_tensor_kernel<typename Var::In, Var::V, Var::kMode, Var::G, Var::kRegs>,
-                                            row_bytes));
+                                            kThreads, row_bytes));
     });
   }
 
@@ -1391,7 +1352,8 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
 
   // Pass 1.
   if (tensor && cfg.s) {
-    dispatch_s(cfg.s, [&](auto d) { launch(absmax_s(d), grid1, cfg.f32 ? s_smem<float>() : s_smem<uint16_t>(), p); });
+    hadamard_detail::dispatch_s_width(
+        cfg.s, [&](auto d) { launch(absmax_s(d), grid1, cfg.f32 ? s_smem<float>() : s_smem<uint16_t>(), p); });
   } else if (tensor) {
     dispatch(cfg, [&](auto var) {
       using Var = decltype(var);
@@ -1444,18 +1406,18 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     using In = typename Var::In;
     if constexpr (Var::kMode == kDirect && Var::V == 8) {  // four rows per block
       auto kernel = spec.stochastic ? quad_quantize_kernel<In, 0, true> : quad_quantize_kernel<In, 0, false>;
-      launch(kernel, std::min(n_quads, resident_blocks(kernel, 0)), 0, p);
+      launch(kernel, std::min(n_quads, resident_blocks(kernel, kThreads, 0)), 0, p);
     } else {
       if (Var::kMode == kFast && cfg.s && !need_t) {  // the S rotation, out's groups only
-        dispatch_s(cfg.s, [&](auto d) {
+        hadamard_detail::dispatch_s_width(cfg.s, [&](auto d) {
           constexpr int D = decltype(d)::value;
           auto kernel = spec.stochastic ? quad_quantize_kernel<In, D, true> : quad_quantize_kernel<In, D, false>;
-          launch(kernel, std::min(n_s_groups, resident_blocks(kernel, s_smem<In>())), s_smem<In>(), p);
+          launch(kernel, std::min(n_s_groups, resident_blocks(kernel, kThreads, s_smem<In>())), s_smem<In>(), p);
         });
         return;
       }
       auto kernel = quantize_kernel<In, Var::V, Var::kMode, Var::G, Var::kRegs>;
-      launch(kernel, std::min(R, resident_blocks(kernel, row_bytes)), row_bytes, p);
+      launch(kernel, std::min(R, resident_blocks(kernel, kThreads, row_bytes)), row_bytes, p);
     }
   });
   if (out_t) transpose_u8(same_codes ? p.q_o : p.q_t, out_t->data.data_as<uint8_t>(), R, C);

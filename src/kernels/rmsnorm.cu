@@ -18,12 +18,10 @@
 //             fixed order, into dw. Deterministic for a given device (the grid
 //             is the number of resident blocks), no atomics.
 #include <algorithm>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include "core/cuda_check.h"
 #include "core/stream.h"
+#include "kernels/launch.cuh"
 #include "kernels/rmsnorm.h"
 #include "kernels/vec.cuh"
 
@@ -202,31 +200,6 @@ __global__ void column_reduce_kernel(const float* partial, float* dw, int64_t pa
 }
 
 int row_threads(int64_t d) { return static_cast<int>(std::max<int64_t>(32, ((d + kPerThread - 1) / kPerThread + 31) / 32 * 32)); }
-
-int sm_count() {
-  int dev = 0, n = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  return n;
-}
-
-// Blocks of `threads` threads of `kernel` resident on the whole GPU (cached).
-template <class Kernel>
-int64_t resident_blocks(Kernel kernel, int threads) {
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  static std::mutex mu;
-  static std::map<std::tuple<const void*, int, int>, int64_t> cache;
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), threads, dev);
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(key);
-  if (it == cache.end()) {
-    int per_sm = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-    it = cache.emplace(key, static_cast<int64_t>(std::max(per_sm, 1)) * sm_count()).first;
-  }
-  return it->second;
-}
 
 }  // namespace
 
