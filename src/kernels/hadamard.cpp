@@ -236,29 +236,28 @@ HadamardDevicePlan hadamard_device_plan(const HadamardPlan& plan) {
   dp.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(plan.block)));
   if (plan.k > 1) {
     const int64_t k = plan.k;
-    const int64_t n = paley2_order(plan.h_k, k), np = (n + 3) / 4 * 4;
+    const int64_t n = paley2_order(plan.h_k, k);
     std::lock_guard<std::mutex> lock(mu);
     // Plans live in the cache for the whole process; the device copy of H_K is
     // made once, under the lock, and never changes afterwards.
     auto& mutable_plan = const_cast<HadamardPlan&>(plan);
     if (!mutable_plan.h_k_device.defined()) {
-      std::vector<float> all(static_cast<size_t>(2 * k * k + n * np), 0.0f);
+      std::vector<float> both(static_cast<size_t>(2 * k * k));
       for (int64_t i = 0; i < k; ++i)
         for (int64_t j = 0; j < k; ++j) {
-          all[i * k + j] = plan.h_k[i * k + j];
-          all[k * k + i * k + j] = plan.h_k[j * k + i];
+          both[i * k + j] = plan.h_k[i * k + j];
+          both[k * k + i * k + j] = plan.h_k[j * k + i];
         }
-      for (int64_t i = 0; i < n; ++i)  // C_ij = H[2i][2j] - [i == j]
-        for (int64_t j = 0; j < n; ++j)
-          all[2 * k * k + i * np + j] = plan.h_k[(2 * i) * k + 2 * j] - (i == j ? 1.0f : 0.0f);
-      mutable_plan.h_k_device =
-          Tensor::from_floats({static_cast<int64_t>(all.size())}, all).to(Device::cuda);
+      mutable_plan.h_k_device = Tensor::from_floats({2 * k * k}, both).to(Device::cuda);
     }
     dp.h_k = plan.h_k_device.data_as<float>();
     dp.h_kt = dp.h_k + k * k;
-    if (n > 0) {
+    if (n > 0 && n <= HadamardDevicePlan::kMaxPaleyN) {
       dp.paley_n = static_cast<int>(n);
-      dp.conf = dp.h_k + 2 * k * k;
+      for (int64_t i = 0; i < n; ++i)  // C_ij = H[2i][2j] - [i == j]
+        for (int64_t j = 0; j < n; ++j)
+          dp.conf[i * HadamardDevicePlan::kMaxPaleyN + j] =
+              plan.h_k[(2 * i) * k + 2 * j] - (i == j ? 1.0f : 0.0f);
     }
   }
   return dp;

@@ -231,12 +231,13 @@ __device__ __forceinline__ void kmix_generic(const float* x, const HadamardDevic
 // with s_j = z_2j + z_2j+1, t_j = z_2j - z_2j+1:
 //   y_2i = sum_j C_ij t_j + s_i,    y_2i+1 = -sum_j C_ij s_j + t_i.
 // Half the multiply-adds of the dense mix. One thread owns a column c (all K
-// elements in registers), so it may write in place with no barrier. C rows
-// are read as float4 (p.conf is N x NP, NP = N rounded up to 4, zero padded),
-// warp-uniform.
+// elements in registers, read before any is written), so it may write in
+// place with no barrier. Fully unrolled: C's entries come from the plan in
+// the kernel's parameters as instruction operands (p must be the kernel's
+// by-value parameter or part of it, not a copy in local memory).
 template <int N, class Layout, class Store>
 __device__ __forceinline__ void kmix_paley2(const float* x, const HadamardDevicePlan& p, const Store& st, int base) {
-  constexpr int NP = (N + 3) / 4 * 4;
+  static_assert(N <= HadamardDevicePlan::kMaxPaleyN, "conference matrix larger than the plan holds");
   const int P = p.pow2;
   for (int c = threadIdx.x; c < P; c += blockDim.x) {
     float s[N], t[N];
@@ -246,28 +247,17 @@ __device__ __forceinline__ void kmix_paley2(const float* x, const HadamardDevice
       s[j] = z0 + z1;
       t[j] = z0 - z1;
     }
-#pragma unroll 1
+#pragma unroll
     for (int i = 0; i < N; ++i) {
       float ye = 0.0f, yo = 0.0f;
-      const float4* crow = reinterpret_cast<const float4*>(p.conf + i * NP);
 #pragma unroll
-      for (int q = 0; q < NP / 4; ++q) {
-        const float4 cv = __ldg(crow + q);
-        const float cq[4] = {cv.x, cv.y, cv.z, cv.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (4 * q + e < N) {
-            ye = fmaf(cq[e], t[4 * q + e], ye);
-            yo = fmaf(cq[e], s[4 * q + e], yo);
-          }
-        }
+      for (int j = 0; j < N; ++j) {
+        const float cij = p.conf[i * HadamardDevicePlan::kMaxPaleyN + j];
+        ye = fmaf(cij, t[j], ye);
+        yo = fmaf(cij, s[j], yo);
       }
-      // s_i, t_i again from the row (i is not a compile-time index into s, t);
-      // rows 2i and 2i+1 of this column are only overwritten just below.
-      const float z0 = x[Layout::at(base + 2 * i * P + c)], z1 = x[Layout::at(base + (2 * i + 1) * P + c)];
-      const float si = z0 + z1, ti = z0 - z1;
-      st(2 * i * P + c, (ye + si) * p.scale);
-      st((2 * i + 1) * P + c, (ti - yo) * p.scale);
+      st(2 * i * P + c, (ye + s[i]) * p.scale);
+      st((2 * i + 1) * P + c, (t[i] - yo) * p.scale);
     }
   }
 }

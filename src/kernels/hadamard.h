@@ -29,8 +29,7 @@ struct HadamardPlan {
   int64_t k = 1;      // H_K factor of one block: block = k * pow2
   int64_t pow2 = 1;
   std::vector<int8_t> h_k;  // k x k, row-major (empty when k == 1)
-  // On the GPU: f32, H_K then H_K^T (row-major k x k each), then the Paley II
-  // conference matrix if any (see HadamardDevicePlan); made on the first
+  // On the GPU: f32, H_K then H_K^T (row-major k x k each); made on the first
   // hadamard_device_plan() call, undefined until then and when k == 1.
   Tensor h_k_device;
   bool full() const { return block == dim; }
@@ -70,10 +69,13 @@ struct HadamardDevicePlan {
   const float* h_kt = nullptr;  // device f32 [k, k] H_K^T row-major
   float scale = 1.0f;           // 1 / sqrt(block)
   // Paley II structure, H_K = C kron [[1,-1],[-1,-1]] + I kron [[1,1],[1,-1]]
-  // (then H_K is symmetric): paley_n = k / 2 and conf = C (device f32, paley_n
-  // rows of round_up(paley_n, 4) floats, zero padded). paley_n = 0 otherwise.
+  // (then H_K is symmetric): paley_n = k / 2 and conf = C, row i at
+  // conf[i * kMaxPaleyN]. paley_n = 0 otherwise. C travels by value with the
+  // plan, in the kernel's parameters: the fully unrolled K-mix reads its
+  // entries as instruction operands, with no loads.
+  static constexpr int kMaxPaleyN = 18;
   int paley_n = 0;
-  const float* conf = nullptr;
+  float conf[kMaxPaleyN * kMaxPaleyN] = {};
 };
 
 // n = k / 2 if H (k x k) has the Paley II structure described at
