@@ -2,7 +2,8 @@
 // master weights on the GPU, or bf16 weights and states with --master-weights
 // bf16) on random tokens, per recipe: step time, tokens/s, MFU and peak memory.
 // The LM head runs in bf16 unless --lm-head-recipe says otherwise (rows are
-// then named RECIPE/head-HEADRECIPE).
+// then named RECIPE/head-HEADRECIPE); --lm-head-chunk sets its tokens per
+// chunk (default: chosen from the vocabulary size).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -72,7 +73,7 @@ int bench_train(const std::vector<std::string>& argv) {
   Args args(argv, {"recompute", "json"});
   args.check_all_used(
       {"model", "config", "recipe", "batch", "seq-len", "steps", "warmup", "recompute", "device", "json", "seed",
-       "master-weights", "lm-head-recipe"});
+       "master-weights", "lm-head-recipe", "lm-head-chunk"});
   const std::string model_dir = args.get("model", ""), config_path = args.get("config", "");
   HALO_CHECK(model_dir.empty() != config_path.empty(),
              "bench train: give --model DIR (a Hugging Face model) or --config FILE (a config.json, random init)");
@@ -89,6 +90,9 @@ int bench_train(const std::vector<std::string>& argv) {
   const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 0));
   const bool recompute = args.has("recompute"), json = args.has("json");
   const Recipe lm_head_recipe = parse_recipe(args.get("lm-head-recipe", "bf16"));
+  const int64_t lm_head_chunk = args.get_int("lm-head-chunk", 0);
+  HALO_CHECK(lm_head_chunk >= 0, "--lm-head-chunk: expected a token count (0: chosen from the vocabulary), got ",
+             lm_head_chunk);
   // Rows name the LM head's recipe when it is not the default bf16.
   const std::string head_suffix = lm_head_recipe.quantized() ? "/head-" + lm_head_recipe.name() : "";
   OptimizerOptions optimizer_options;
@@ -125,6 +129,7 @@ int bench_train(const std::vector<std::string>& argv) {
       ModelOptions mo;
       mo.recipe = recipe;
       mo.lm_head_recipe = lm_head_recipe;
+      mo.lm_head_chunk = lm_head_chunk;
       mo.device = device;
       mo.dtype = gpu ? DType::bf16 : DType::f32;
       mo.recompute = recompute;

@@ -17,7 +17,7 @@ const char* kUsage =
     "  bench train    whole training steps per recipe on random tokens: step time, tokens/s, MFU, memory\n"
     "                 --model DIR | --config config.json [--recipe R1,R2,...] [--batch B] [--seq-len T]\n"
     "                 [--steps N] [--warmup W] [--recompute] [--master-weights fp32|bf16] [--lm-head-recipe R]\n"
-    "                 [--device cpu|cuda] [--json]\n"
+    "                 [--lm-head-chunk TOKENS] [--device cpu|cuda] [--json]\n"
     "  bench linear   speed and accuracy of the HALO linear layer per recipe\n"
     "                 --device cpu|cuda --recipe R1,R2,... --shape M,N,K [--outliers] [--bias]\n"
     "                 [--json] [--warmup N] [--iters N] [--seed S]\n"
