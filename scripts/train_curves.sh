@@ -11,6 +11,7 @@
 # Environment (defaults in brackets):
 #   HALO_BIN  [build/halo]   RECIPES [bf16,halo2-int8,halo1-fp8]   DEVICE [auto]
 #   STEPS [300]  BATCH [8]  SEQ_LEN [128]  LR [3e-3]  DOCS [2000]  SEED [0]  TOL [0.02]
+#   LM_HEAD_RECIPE [bf16]: the LM head's recipe in the 8-bit runs (bf16 keeps a bf16 head)
 # Exit status 0 when every recipe ran and is within TOL of bf16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ halo=${HALO_BIN:-build/halo}
 out=${OUT:-runs/curves}
 recipes=${RECIPES:-bf16,halo2-int8,halo1-fp8}
 steps=${STEPS:-300} batch=${BATCH:-8} seq_len=${SEQ_LEN:-128} lr=${LR:-3e-3}
-docs=${DOCS:-2000} seed=${SEED:-0} tol=${TOL:-0.02} device=${DEVICE:-auto}
+docs=${DOCS:-2000} seed=${SEED:-0} tol=${TOL:-0.02} device=${DEVICE:-auto} head=${LM_HEAD_RECIPE:-bf16}
 [ -x "$halo" ] || { echo "train_curves: no halo program at $halo (set HALO_BIN)"; exit 1; }
 vocab=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$config")
 
@@ -29,14 +30,16 @@ report_args=()
 IFS=, read -r -a recipe_list <<< "$recipes"
 for recipe in "${recipe_list[@]}"; do
   rm -rf "${out:?}/$recipe"
+  head_recipe=bf16
+  [ "$recipe" = bf16 ] || head_recipe=$head
   "$halo" train --init "$config" --data "$out/data.tok" --recipe "$recipe" --steps "$steps" --batch "$batch" \
     --seq_len "$seq_len" --lr "$lr" --schedule cosine --warmup_steps $((steps / 15)) --min_lr_ratio 0.1 \
     --weight_decay 0 --val_fraction 0.05 --eval_interval $((steps / 3)) --eval_batches 0 --save_interval 0 \
-    --log_interval $((steps / 10)) --seed "$seed" --device "$device" --save_dtype f32 --out "$out/$recipe"
+    --log_interval $((steps / 10)) --seed "$seed" --device "$device" --save_dtype f32 --lm_head_recipe "$head_recipe" --out "$out/$recipe"
   report_args+=(--run "$recipe=$out/$recipe")
 done
 "$halo" report "${report_args[@]}" --out "$out/report.html" --title "halo training curves: $(basename "$config")" \
-  --notes "$steps steps of $batch x $seq_len tokens, lr $lr, seed $seed, device $device; synthetic data"
+  --notes "$steps steps of $batch x $seq_len tokens, lr $lr, seed $seed, device $device, LM head of the 8-bit runs $head; synthetic data"
 
 # The table: final validation loss and the mean training loss of the last tenth of the steps.
 python3 - "$out" "$tol" "${recipe_list[@]}" <<'EOF' | tee "$out/curves.txt"
