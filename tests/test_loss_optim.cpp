@@ -568,6 +568,18 @@ TEST(AdamW, Errors) {
     a.m = Tensor();
     EXPECT_THROW(adamw_step(a, c), Error);
   }
+  {
+    AdamWParam a = good();  // grad_rows: one i8 flag per row of the gradient
+    a.grad = Tensor::zeros({4, 4}, DType::f32);
+    a.grad_rows = Tensor::zeros({4}, DType::i8);
+    EXPECT_NO_THROW(adamw_step(a, c));
+    a.grad_rows = Tensor::zeros({3}, DType::i8);
+    EXPECT_THROW(adamw_step(a, c), Error);
+    a.grad_rows = Tensor::zeros({4}, DType::f32);
+    EXPECT_THROW(adamw_step(a, c), Error);
+    EXPECT_THROW(global_norm_squared({a.grad}, {Tensor::zeros({3}, DType::i8)}), Error);
+    EXPECT_THROW(global_norm_squared({a.grad, a.grad}, {Tensor()}), Error);  // one per gradient
+  }
   EXPECT_THROW(adamw_step(good(), c, Tensor::zeros({2}, DType::f32)), Error);
   EXPECT_THROW(adamw_step(good(), c, Tensor::zeros({1}, DType::bf16)), Error);
   AdamWConfig bad = c;

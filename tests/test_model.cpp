@@ -302,6 +302,22 @@ TEST(LlamaModel, RecomputeAndChunksGiveTheSameGradients) {
   }
 }
 
+// zero_grad forgets every row of the previous step: the untied embedding's
+// gradient is cleared row by row (the rows that step wrote), not by a memset.
+TEST(LlamaModel, ZeroGradForgetsThePreviousStep) {
+  for (const bool tied : {false, true}) {
+    const ModelConfig config = tiny_config(tied ? "qwen2" : "llama", tied);
+    const Batch b1 = random_batch(2, 16, config.vocab_size, 21), b2 = random_batch(2, 16, config.vocab_size, 22);
+    LlamaModel model(config, cpu_options("bf16")), fresh(config, cpu_options("bf16"));
+    model.init_weights(23);
+    fresh.init_weights(23);
+    train_step(model, {b1}, 0.1f);
+    const StepResult second = train_step(model, {b2}, 0.1f), only = train_step(fresh, {b2}, 0.1f);
+    EXPECT_EQ(second.loss_sum, only.loss_sum);
+    expect_same_grads(second, only, 0.0, tied ? "tied" : "untied");
+  }
+}
+
 // forward_loss and logits agree with forward_backward's loss.
 TEST(LlamaModel, LossLogitsAndForwardBackwardAgree) {
   const ModelConfig config = tiny_config("qwen2", true);

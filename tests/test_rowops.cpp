@@ -354,6 +354,24 @@ TEST(Embedding, BackwardAccumulatesInTokenOrder) {
   EXPECT_EQ(dt2.to_floats(), dt3.to_floats());
 }
 
+TEST(Embedding, RowsWrittenAreFlaggedAndClearedAlone) {
+  const int64_t vocab = 7, d = 3;
+  const Tensor ids = ids_of({4, 1, 4, 6}), dout = random_normal({4, d}, 34), start = random_normal({vocab, d}, 35);
+  Tensor dtable = clone(start), rows = Tensor::zeros({vocab}, DType::i8);
+  embedding_backward(ids, dout, dtable, &rows);
+  const std::vector<int8_t> want = {0, 1, 0, 0, 1, 0, 1};
+  EXPECT_EQ(std::vector<int8_t>(rows.data_as<int8_t>(), rows.data_as<int8_t>() + vocab), want);
+  embedding_grad_clear(dtable, rows);
+  const std::vector<float> got = dtable.to_floats(), before = start.to_floats();
+  for (int64_t r = 0; r < vocab; ++r)
+    for (int64_t j = 0; j < d; ++j) EXPECT_EQ(got[r * d + j], want[r] ? 0.0f : before[r * d + j]) << r;
+  for (int64_t r = 0; r < vocab; ++r) EXPECT_EQ(rows.data_as<int8_t>()[r], 0);
+  // Flags of the wrong length or type are refused, naming the expected shape.
+  Tensor short_rows = Tensor::zeros({vocab - 1}, DType::i8), f32_rows = Tensor::zeros({vocab}, DType::f32);
+  EXPECT_THROW(embedding_backward(ids, dout, dtable, &short_rows), Error);
+  EXPECT_THROW(embedding_grad_clear(dtable, f32_rows), Error);
+}
+
 // ---- RoPE ---------------------------------------------------------------------
 
 // Hugging Face Llama: q * cos(emb) + rotate_half(q) * sin(emb), emb = cat(freqs, freqs),

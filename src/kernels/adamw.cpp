@@ -13,7 +13,7 @@ namespace halo {
 #ifdef HALO_HAS_CUDA
 void adamw_step_cuda(const AdamWParam& t, const detail::AdamWScalars& k, const Tensor& grad_scale, bool sr,
                      uint64_t seed, uint64_t stream);
-void global_norm_squared_cuda(const std::vector<Tensor>& grads, Tensor& out);
+void global_norm_squared_cuda(const std::vector<Tensor>& grads, const std::vector<Tensor>& grad_rows, Tensor& out);
 void clip_coefficient_cuda(const Tensor& norm_sq, float max_norm, Tensor& out);
 #endif
 
@@ -38,6 +38,16 @@ AdamWScalars adamw_scalars(const AdamWConfig& cfg, bool decay) {
 }  // namespace detail
 
 namespace {
+
+// grad_rows (if defined) as AdamWParam::grad_rows says, for gradient g.
+void check_grad_rows(const Tensor& grad_rows, const Tensor& g, const char* op) {
+  if (!grad_rows.defined()) return;
+  const int64_t rows = g.ndim() >= 1 && g.size(-1) > 0 ? g.numel() / g.size(-1) : -1;
+  HALO_CHECK(grad_rows.dtype() == DType::i8 && grad_rows.ndim() == 1 && grad_rows.size(0) == rows, op,
+             ": grad_rows must be i8 [", rows, "] (one flag per row of the gradient ", g.describe(), "), got ",
+             grad_rows.describe());
+  check_same_device(grad_rows, g, op);
+}
 
 void check_adamw(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad_scale) {
   const char* op = "adamw_step";
@@ -70,6 +80,7 @@ void check_adamw(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad
                t.param.describe());
     check_same_device(t.param, t.param_bf16, op);
   }
+  check_grad_rows(t.grad_rows, t.grad, op);
   if (grad_scale.defined()) {
     check_shape(grad_scale, {1}, "adamw_step grad_scale");
     check_dtype(grad_scale, DType::f32, "adamw_step grad_scale");
@@ -153,16 +164,19 @@ void adamw_step(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad_
   adamw_cpu(t, k, gs, sr, cfg.seed, stream);
 }
 
-Tensor global_norm_squared(const std::vector<Tensor>& grads) {
+Tensor global_norm_squared(const std::vector<Tensor>& grads, const std::vector<Tensor>& grad_rows) {
   HALO_CHECK(!grads.empty(), "global_norm_squared: no tensors");
-  for (const Tensor& g : grads) {
-    check_dtype(g, DType::f32, "global_norm_squared gradient");
-    check_same_device(grads[0], g, "global_norm_squared");
+  HALO_CHECK(grad_rows.empty() || grad_rows.size() == grads.size(), "global_norm_squared: ", grad_rows.size(),
+             " row flags for ", grads.size(), " gradients");
+  for (size_t i = 0; i < grads.size(); ++i) {
+    check_dtype(grads[i], DType::f32, "global_norm_squared gradient");
+    check_same_device(grads[0], grads[i], "global_norm_squared");
+    if (!grad_rows.empty()) check_grad_rows(grad_rows[i], grads[i], "global_norm_squared");
   }
   if (grads[0].is_cuda()) {
 #ifdef HALO_HAS_CUDA
     Tensor out;
-    global_norm_squared_cuda(grads, out);
+    global_norm_squared_cuda(grads, grad_rows, out);
     return out;
 #endif
   }

@@ -29,6 +29,11 @@
 // (hundreds of tiny tensors) the launches dominate but stay ~1 ms per step;
 // capturing the optimizer step in a CUDA graph removes them without a new kernel.
 //
+// Row flags (AdamWParam::grad_rows): adamw_kernel and sum_squares_kernel take the
+// gradient's 8-vectors of a row whose flag is 0 as zeros without loading them
+// (rows of a multiple of 8 elements; else the flags are not used): the same
+// values the CPU reads there, so the results do not change.
+//
 // global_norm_squared: per tensor, up to kNormBlocks blocks (a function of the
 // size and alignment only: small tensors get few) write one f64 partial sum each
 // to a slot of their own, unused slots are zeroed (no atomics, no memset); one
@@ -57,6 +62,19 @@ constexpr int kNormBlocks = 512;
 constexpr int kSumThreads = 1024;
 
 using detail::AdamWScalars;
+
+// Which rows of a gradient may be skipped: flags null (read everything), or one
+// i8 per row of row_len elements (a multiple of 8), 0 for an all-zero row.
+struct RowFlags {
+  const int8_t* flags = nullptr;
+  int64_t row_len = 0;
+  __device__ __forceinline__ bool zero(int64_t i) const { return flags && !flags[i / row_len]; }
+};
+
+RowFlags row_flags(const Tensor& grad_rows, const Tensor& g) {
+  if (!grad_rows.defined() || g.size(-1) % 8 != 0) return {};
+  return {grad_rows.data_as<int8_t>(), g.size(-1)};
+}
 
 __device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
   const float4 a = reinterpret_cast<const float4*>(p)[0];
@@ -137,14 +155,14 @@ template <class T, bool kSR>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     adamw_kernel(T* __restrict__ p, const float* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                  uint16_t* __restrict__ pb, const float* __restrict__ grad_scale, int64_t n, int64_t nv,
-                 AdamWScalars k, uint64_t seed, uint64_t stream) {
+                 RowFlags rows, AdamWScalars k, uint64_t seed, uint64_t stream) {
   const float gs = grad_scale ? *grad_scale : 1.0f;
   if (!detail::finite_f32(gs)) return;  // skipped step
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = tid * 8; i < nv; i += stride * 8) {
-    float gv[8];
-    load8(g + i, gv);
+    float gv[8] = {};
+    if (!rows.zero(i)) load8(g + i, gv);
 #pragma unroll
     for (int j = 0; j < 8; ++j) gv[j] = detail::mul_rn(gv[j], gs);
     update8<T, kSR>(p, m, v, pb, i, gv, k, seed, stream);
@@ -235,7 +253,7 @@ __device__ double block_sum(double s) {
 // Sum of squares of x[0, n) in f64, one partial per block in partial[0, gridDim.x);
 // block 0 zeroes the slots [gridDim.x, kNormBlocks) that no block uses.
 __global__ void __launch_bounds__(kThreads) sum_squares_kernel(const float* __restrict__ x, int64_t n, int64_t nv,
-                                                               double* __restrict__ partial) {
+                                                               RowFlags rows, double* __restrict__ partial) {
   if (blockIdx.x == 0)
     for (int i = gridDim.x + threadIdx.x; i < kNormBlocks; i += kThreads) partial[i] = 0.0;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -243,10 +261,10 @@ __global__ void __launch_bounds__(kThreads) sum_squares_kernel(const float* __re
   double s = 0.0;
   constexpr int U = 4;  // vectors loaded before any is used: 128 bytes in flight per thread
   for (int64_t i0 = tid * 8; i0 < nv; i0 += U * stride * 8) {
-    float e[U][8];
+    float e[U][8] = {};
 #pragma unroll
     for (int u = 0; u < U; ++u)
-      if (i0 + u * stride * 8 < nv) load8(x + i0 + u * stride * 8, e[u]);
+      if (i0 + u * stride * 8 < nv && !rows.zero(i0 + u * stride * 8)) load8(x + i0 + u * stride * 8, e[u]);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (i0 + u * stride * 8 >= nv) break;
@@ -328,22 +346,25 @@ void adamw_step_cuda(const AdamWParam& t, const AdamWScalars& k, const Tensor& g
   const unsigned blocks = grid_for(std::max(nv / 8, n - nv));
   const cudaStream_t s = current_stream();
   const float* g = t.grad.data_as<float>();
+  const RowFlags rows = row_flags(t.grad_rows, t.grad);
   if (t.param.dtype() == DType::f32) {
     adamw_kernel<float, false><<<blocks, kThreads, 0, s>>>(t.param.data_as<float>(), g, t.m.data_as<float>(),
-                                                           t.v.data_as<float>(), pb, gs, n, nv, k, seed, stream);
+                                                           t.v.data_as<float>(), pb, gs, n, nv, rows, k, seed,
+                                                           stream);
   } else {
     uint16_t* p = t.param.data_as<uint16_t>();
     uint16_t* m = t.m.data_as<uint16_t>();
     uint16_t* v = t.v.data_as<uint16_t>();
     if (sr)
-      adamw_kernel<uint16_t, true><<<blocks, kThreads, 0, s>>>(p, g, m, v, nullptr, gs, n, nv, k, seed, stream);
+      adamw_kernel<uint16_t, true><<<blocks, kThreads, 0, s>>>(p, g, m, v, nullptr, gs, n, nv, rows, k, seed, stream);
     else
-      adamw_kernel<uint16_t, false><<<blocks, kThreads, 0, s>>>(p, g, m, v, nullptr, gs, n, nv, k, seed, stream);
+      adamw_kernel<uint16_t, false><<<blocks, kThreads, 0, s>>>(p, g, m, v, nullptr, gs, n, nv, rows, k, seed,
+                                                                 stream);
   }
   CUDA_CHECK_LAUNCH();
 }
 
-void global_norm_squared_cuda(const std::vector<Tensor>& grads, Tensor& out) {
+void global_norm_squared_cuda(const std::vector<Tensor>& grads, const std::vector<Tensor>& grad_rows, Tensor& out) {
   // One allocation: f64 partials first (8-byte aligned), the f32 result after them.
   const int64_t slots = static_cast<int64_t>(grads.size()) * kNormBlocks;
   Tensor buf = Tensor::empty({2 * slots + 1}, DType::f32, Device::cuda);
@@ -357,7 +378,8 @@ void global_norm_squared_cuda(const std::vector<Tensor>& grads, Tensor& out) {
     const int64_t items = std::max(nv / 8, n - nv);
     const unsigned blocks =
         static_cast<unsigned>(std::clamp<int64_t>((items + kThreads - 1) / kThreads, 1, kNormBlocks));
-    sum_squares_kernel<<<blocks, kThreads, 0, s>>>(g.data_as<float>(), n, nv,
+    const RowFlags rows = grad_rows.empty() ? RowFlags{} : row_flags(grad_rows[i], g);
+    sum_squares_kernel<<<blocks, kThreads, 0, s>>>(g.data_as<float>(), n, nv, rows,
                                                    partial + static_cast<int64_t>(i) * kNormBlocks);
     CUDA_CHECK_LAUNCH();
   }

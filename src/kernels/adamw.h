@@ -79,6 +79,11 @@ struct AdamWParam {
   // aligned tensors): no rotated copy of the gradient is written and read
   // again. Otherwise, and on the CPU, hadamard_rows rotates it first.
   bool grad_rotated = false;
+  // Optional: i8 [rows of grad] (grad's last dim is a row): 0 where that row of
+  // grad is all zeros, as embedding_backward's rows_written says of an embedding
+  // gradient. The GPU then does not read those rows (the results are the same,
+  // a sparse gradient costs less); the CPU reads them anyway.
+  Tensor grad_rows;
 };
 
 // One AdamW step of one tensor. grad_scale: undefined, or f32 [1] on the
@@ -88,7 +93,9 @@ void adamw_step(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad_
 // Sum of the squares of every element of every tensor (f32 gradients, all on one
 // device), as an f32 [1] tensor on that device. Deterministic: fixed partition
 // and summation order (f64 partial sums), independent of thread counts. No host sync.
-Tensor global_norm_squared(const std::vector<Tensor>& grads);
+// grad_rows: empty, or one per tensor, each undefined or as AdamWParam::grad_rows
+// (rows known to be zero are not read on the GPU; the sum is the same).
+Tensor global_norm_squared(const std::vector<Tensor>& grads, const std::vector<Tensor>& grad_rows = {});
 
 // f32 [1] on norm_sq's device: min(1, max_norm / (sqrt(norm_sq) + 1e-6)), or 1
 // when max_norm <= 0 (no clipping); NaN when norm_sq is not finite (adamw_step

@@ -13,7 +13,11 @@
 //              (the others return at once), and for each chunk of 8 columns adds
 //              the run's dout rows in order to the row's current value (4 rows
 //              loaded ahead). Every row has one writer: no atomics, same sums
-//              as the CPU loop, bit for bit.
+//              as the CPU loop, bit for bit. The owner also sets the row's
+//              flag in rows_written (if given).
+// grad clear one warp per row of a grid-stride loop: a flagged row is zeroed
+//           (16-byte stores where d % 4 == 0 and the table is aligned) and its
+//           flag cleared; unflagged rows cost one byte read.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
@@ -22,6 +26,7 @@
 #include "core/cuda_check.h"
 #include "core/stream.h"
 #include "kernels/embedding.h"
+#include "kernels/launch.cuh"
 #include "kernels/vec.cuh"
 
 namespace halo::detail {
@@ -60,10 +65,12 @@ __global__ void keys_kernel(const int32_t* ids, uint32_t* keys, int32_t* tok, in
 
 template <class T, int V>
 __global__ void __launch_bounds__(kThreads) accumulate_kernel(const uint32_t* keys, const int32_t* tok, const T* dout,
-                                                              float* dtable, int64_t tokens, int d, uint32_t vocab) {
+                                                              float* dtable, int8_t* rows_written, int64_t tokens,
+                                                              int d, uint32_t vocab) {
   const int64_t i = blockIdx.x;
   const uint32_t v = keys[i];
   if (v == vocab || (i > 0 && keys[i - 1] == v)) return;  // invalid ids, or not the first of its run
+  if (rows_written && threadIdx.x == 0) rows_written[v] = 1;
   float* row = dtable + static_cast<int64_t>(v) * d;
   for (int c = threadIdx.x * V; c < d; c += blockDim.x * V) {
     float acc[V];
@@ -84,6 +91,23 @@ __global__ void __launch_bounds__(kThreads) accumulate_kernel(const uint32_t* ke
       if (!ok[kAhead - 1]) break;
     }
     vec::store(row + c, acc);
+  }
+}
+
+template <int V>
+__global__ void __launch_bounds__(kThreads) clear_rows_kernel(float* dtable, int8_t* rows_written, int64_t vocab, int d) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; r < vocab; r += warps) {
+    if (!rows_written[r]) continue;  // the same for the whole warp
+    float* row = dtable + r * d;
+    if constexpr (V == 4) {
+      for (int c = 4 * lane; c < d; c += 4 * 32) *reinterpret_cast<float4*>(row + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+    } else {
+      for (int c = lane; c < d; c += 32) row[c] = 0.0f;
+    }
+    __syncwarp();  // every lane has read the flag
+    if (lane == 0) rows_written[r] = 0;
   }
 }
 
@@ -108,7 +132,7 @@ void embedding_forward_cuda(const Tensor& ids, const Tensor& table, Tensor& out)
   CUDA_CHECK_LAUNCH();
 }
 
-void embedding_backward_cuda(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+void embedding_backward_cuda(const Tensor& ids, const Tensor& dout, Tensor& dtable, int8_t* rows_written) {
   const int64_t tokens = ids.numel();
   HALO_CHECK(tokens <= INT32_MAX, "embedding_backward (CUDA): too many tokens: ", tokens);
   const int d = static_cast<int>(dtable.size(1));
@@ -138,9 +162,20 @@ void embedding_backward_cuda(const Tensor& ids, const Tensor& dout, Tensor& dtab
   vec::with_type(dout.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto kernel = v8 ? accumulate_kernel<T, 8> : accumulate_kernel<T, 1>;
-    kernel<<<static_cast<unsigned>(tokens), threads, 0, stream>>>(k_out, t_out, dout.data_as<T>(),
-                                                                  dtable.data_as<float>(), tokens, d, vocab);
+    kernel<<<static_cast<unsigned>(tokens), threads, 0, stream>>>(
+        k_out, t_out, dout.data_as<T>(), dtable.data_as<float>(), rows_written, tokens, d, vocab);
   });
+  CUDA_CHECK_LAUNCH();
+}
+
+void embedding_grad_clear_cuda(Tensor& dtable, Tensor& rows_written) {
+  const int64_t vocab = dtable.size(0);
+  const int d = static_cast<int>(dtable.size(1));
+  const bool v4 = d % 4 == 0 && vec::aligned16(dtable.data());
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>((vocab + kThreads / 32 - 1) / (kThreads / 32), 8 * sm_count()));
+  auto kernel = v4 ? clear_rows_kernel<4> : clear_rows_kernel<1>;
+  kernel<<<blocks, kThreads, 0, current_stream()>>>(dtable.data_as<float>(), rows_written.data_as<int8_t>(), vocab, d);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -25,12 +25,21 @@
 // price of the sort: a few microseconds, and a temporary of ~5 int32 per
 // token; a very frequent id makes its one block walk a long run.
 // CUDA: asynchronous on current_stream(), no host synchronisation.
+//
+// Rows written: a batch touches few rows of a large vocabulary. With
+// `rows_written` (i8 [vocab], same device), the backward also sets the flag of
+// every row it adds to; embedding_grad_clear then zeroes just the flagged rows
+// and clears their flags, in place of a memset of the whole table (2 GB for a
+// 128k x 4096 f32 gradient). The flags also tell the gradient norm and AdamW
+// which rows they need not read (AdamWParam::grad_rows).
 #pragma once
 #include "core/tensor.h"
 
 namespace halo {
 
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out);
-void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
+void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable, Tensor* rows_written = nullptr);
+// dtable's rows whose flag is set become zero; every flag becomes 0.
+void embedding_grad_clear(Tensor& dtable, Tensor& rows_written);
 
 }  // namespace halo

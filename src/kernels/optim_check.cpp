@@ -311,6 +311,47 @@ void adamw_nan_check(DType dtype, std::vector<CheckResult>& out) {
   out.push_back(res);
 }
 
+// A gradient whose rows are flagged (AdamWParam::grad_rows): the GPU, given the
+// flags and garbage in the unflagged rows, must give the CPU's result for the
+// same gradient with zeros there (bitwise; the norm to f64 rounding).
+void adamw_grad_rows_check(int64_t rows, int64_t d, DType dtype, std::vector<CheckResult>& out) {
+  CheckResult res;
+  res.name = std::string("adamw and norm skip zero rows ") + (dtype == DType::f32 ? "fp32-master " : "bf16 ") +
+             std::to_string(rows) + "x" + std::to_string(d);
+  res.tolerance = 0.0;
+  res.detail = "max ulps of p, m, v, bf16 copy; the norm's relative error counted as 1e30 above 1e-6";
+  try {
+    AdamWParam cpu = make_param(rows * d, dtype, dtype == DType::f32, 0, 500 + d);
+    AdamWParam gpu = copy_param(cpu, Device::cuda, 0);
+    Tensor flags = Tensor::empty({rows}, DType::i8);
+    for (int64_t r = 0; r < rows; ++r) flags.data_as<int8_t>()[r] = uniform01(501, 0, r) < 0.3f ? 1 : 0;
+    Tensor g = host_normal({rows, d}, DType::f32, 502, 1e-3f), g_gpu = host_normal({rows, d}, DType::f32, 503, 1.0f);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < d; ++j)
+        if (flags.data_as<int8_t>()[r])
+          g_gpu.data_as<float>()[r * d + j] = g.data_as<float>()[r * d + j];
+        else
+          g.data_as<float>()[r * d + j] = 0.0f;
+    cpu.grad = g.view({rows, d});
+    gpu.grad = copy_to(g_gpu, Device::cuda).view({rows, d});
+    gpu.grad_rows = copy_to(flags, Device::cuda);
+    const Tensor norm_gpu = global_norm_squared({gpu.grad}, {gpu.grad_rows});
+    const Tensor norm_cpu = global_norm_squared({cpu.grad});
+    const bool norm_ok = relative_error(norm_gpu.to_floats(), norm_cpu.to_floats()) <= 1e-6;
+    const AdamWConfig cfg = check_config(false, 0);
+    adamw_step(gpu, cfg, Tensor());
+    adamw_step(cpu, cfg, Tensor());
+    res.error = std::max({max_ulps(gpu.param, cpu.param, dtype), max_ulps(gpu.m, cpu.m, dtype),
+                          max_ulps(gpu.v, cpu.v, dtype), norm_ok ? 0.0 : 1e30});
+    if (dtype == DType::f32) res.error = std::max(res.error, max_ulps(gpu.param_bf16, cpu.param_bf16, DType::bf16));
+  } catch (const std::exception& ex) {
+    res.error = NAN;
+    res.detail = ex.what();
+  }
+  res.ok = res.error <= res.tolerance;
+  out.push_back(res);
+}
+
 }  // namespace
 
 std::vector<CheckResult> loss_optim_cuda_checks(bool full) {
@@ -332,6 +373,9 @@ std::vector<CheckResult> loss_optim_cuda_checks(bool full) {
     }
   adamw_nan_check(DType::f32, out);
   adamw_nan_check(DType::bf16, out);
+  adamw_grad_rows_check(301, 64, DType::f32, out);
+  adamw_grad_rows_check(301, 64, DType::bf16, out);
+  if (full) adamw_grad_rows_check(128256, 4096, DType::f32, out);
   // Rotated gradients: 11 rows end with a partial group of rows (8, 4, 2 per block);
   // 1536 is rotated back before the plain update.
   for (int64_t d : {2048, 4096, 8192, 1536}) {

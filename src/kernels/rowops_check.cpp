@@ -230,7 +230,8 @@ CheckResult check_embedding(int64_t vocab, int64_t d, int64_t tokens, DType tabl
     Tensor out_g = Tensor::empty({tokens, d}, act, Device::cuda);
     embedding_forward(ids_g, table_g, out_g);
     Tensor dt_g = clone(dtable0.to(Device::cuda)), dt_g2 = clone(dt_g);
-    embedding_backward(ids_g, dout_g, dt_g);
+    Tensor rows_g = Tensor::zeros({vocab}, DType::i8, Device::cuda);
+    embedding_backward(ids_g, dout_g, dt_g, &rows_g);
     embedding_backward(ids_g, dout_g, dt_g2);
     // CPU
     Tensor out_c = Tensor::empty({tokens, d}, act), dt_c = clone(dtable0);
@@ -247,6 +248,35 @@ CheckResult check_embedding(int64_t vocab, int64_t d, int64_t tokens, DType tabl
     c.compare("out", out_h, out_c);
     c.compare("dtable", dt_g, dt_c);
     if (dt_g.to_floats() != dt_g2.to_floats()) c.fail("backward not deterministic: two runs differ");
+
+    // Rows written: exactly the valid ids; clearing them (GPU and CPU, the same
+    // flags) zeroes those rows only and every flag.
+    std::vector<int8_t> want(static_cast<size_t>(vocab), 0);
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int32_t id = ids.data_as<int32_t>()[t];
+      if (id >= 0 && id < vocab) want[static_cast<size_t>(id)] = 1;
+    }
+    Tensor rows_c = rows_g.to(Device::cpu);
+    if (std::memcmp(rows_c.data(), want.data(), want.size()) != 0) c.fail("rows_written: not the batch's ids");
+    embedding_grad_clear(dt_g, rows_g);
+    embedding_grad_clear(dt_c, rows_c);
+    c.compare("dtable after clear", dt_g, dt_c);
+    const std::vector<float> cleared = dt_c.to_floats(), start = dtable0.to_floats();
+    for (int64_t r = 0; r < vocab; ++r)
+      for (int64_t j = 0; j < d; ++j) {
+        const size_t i = static_cast<size_t>(r * d + j);
+        if (cleared[i] != (want[static_cast<size_t>(r)] ? 0.0f : start[i])) {
+          c.fail("embedding_grad_clear: row " + std::to_string(r) + " wrong");
+          r = vocab;
+          break;
+        }
+      }
+    const Tensor flags_after = rows_g.to(Device::cpu);
+    for (int64_t r = 0; r < vocab; ++r)
+      if (flags_after.data_as<int8_t>()[r] != 0 || rows_c.data_as<int8_t>()[r] != 0) {
+        c.fail("embedding_grad_clear: flags left set");
+        break;
+      }
   });
 }
 

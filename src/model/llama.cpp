@@ -196,6 +196,7 @@ struct LlamaModel::Impl {
 
   Tensor embed;       // act [V, d]
   Tensor embed_grad;  // f32 [V, d]; undefined when tied (the LM head's gradient holds it)
+  Tensor embed_rows;  // i8 [V] with embed_grad: the rows the backward wrote since zero_grad()
   std::vector<Layer> layers;
   Tensor norm, norm_grad;  // act [d]; f32 [d]
   std::unique_ptr<HaloLinear> lm_head;  // [V, d]; its weight is `embed` when tied
@@ -277,6 +278,7 @@ LlamaModel::Impl::Impl(const ModelConfig& config, const ModelOptions& options) :
     lm_head->weight = embed;  // shared storage: one Parameter
   } else {
     embed_grad = Tensor::zeros({V, d}, DType::f32, dev);
+    embed_rows = Tensor::zeros({V}, DType::i8, dev);
     values["lm_head.weight"] = lm_head->weight;
   }
   const std::vector<double> f = rope_inv_freq(c);
@@ -385,22 +387,24 @@ std::vector<Parameter> LlamaModel::parameters() {
   Impl& m = *impl_;
   std::vector<Parameter> out;
   const auto tensor = [&](const std::string& name, const Tensor& grad, bool decay) {
-    out.push_back({name, m.values.at(name), [grad] { return grad; }, {}, decay, {}});
+    out.push_back({name, m.values.at(name), [grad] { return grad; }, {}, decay, {}, {}});
   };
   const auto linear = [&](const std::string& name, HaloLinear* lin) {
     std::function<Tensor()> rotated;  // the optimizer turns a rotating recipe's gradient back itself
     if (lin->recipe().rotates()) rotated = [lin] { return lin->rotated_weight_grad(); };
     out.push_back({name + ".weight", lin->weight, [lin] { return lin->weight_grad(); },
-                   [lin] { lin->weight_updated(); }, true, rotated});
+                   [lin] { lin->weight_updated(); }, true, rotated, {}});
     if (lin->bias.defined())
-      out.push_back({name + ".bias", lin->bias, [lin] { return lin->bias_grad(); }, {}, false, {}});
+      out.push_back({name + ".bias", lin->bias, [lin] { return lin->bias_grad(); }, {}, false, {}, {}});
   };
   if (m.c.tie_word_embeddings) {
     HaloLinear* head = m.lm_head.get();
     out.push_back({"model.embed_tokens.weight", m.embed, [head] { return head->weight_grad(); },
-                   [head] { head->weight_updated(); }, true, {}});
-  } else {
-    tensor("model.embed_tokens.weight", m.embed_grad, true);
+                   [head] { head->weight_updated(); }, true, {}, {}});
+  } else {  // only the rows of this step's tokens can be nonzero
+    const Tensor grad = m.embed_grad, rows = m.embed_rows;
+    out.push_back({"model.embed_tokens.weight", m.values.at("model.embed_tokens.weight"), [grad] { return grad; },
+                   {}, true, {}, [rows] { return rows; }});
   }
   for (int64_t l = 0; l < m.L; ++l) {
     Layer& y = m.layers[l];
@@ -425,7 +429,7 @@ void LlamaModel::zero_grad() {
     y.ln2_grad.fill_zero();
   }
   m.norm_grad.fill_zero();
-  if (m.embed_grad.defined()) m.embed_grad.fill_zero();
+  if (m.embed_grad.defined()) embedding_grad_clear(m.embed_grad, m.embed_rows);  // the rows written, not 2 GB
 }
 
 // ---- forward and backward ------------------------------------------------------------
@@ -591,8 +595,12 @@ void LlamaModel::forward_backward(const Batch& batch, float loss_scale, Tensor& 
     sv = BlockSaved{};  // frees this block's activations
   }
   // Tied: the head's gradient (not rotated: checked at construction) is the embedding's too.
-  Tensor dtable = m.c.tie_word_embeddings ? m.lm_head->weight_grad() : m.embed_grad;
-  embedding_backward(s.ids, dx, dtable);
+  if (m.c.tie_word_embeddings) {
+    Tensor dtable = m.lm_head->weight_grad();
+    embedding_backward(s.ids, dx, dtable);
+  } else {
+    embedding_backward(s.ids, dx, m.embed_grad, &m.embed_rows);
+  }
 }
 
 void LlamaModel::forward_loss(const Batch& batch, Tensor& loss_sum) {

@@ -30,6 +30,10 @@ struct Parameter {
   // grad() rotates it back). The optimizer takes this one when given and turns it
   // back inside its update (AdamWParam::grad_rotated); the norm is the same.
   std::function<Tensor()> rotated_grad;
+  // Optional: i8 [rows of the gradient], 0 where the gradient's row is all zeros
+  // (an embedding's rows no token of the step used); the optimizer then skips
+  // reading those rows (AdamWParam::grad_rows).
+  std::function<Tensor()> grad_rows;
 };
 
 }  // namespace halo

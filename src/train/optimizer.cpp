@@ -53,8 +53,9 @@ Optimizer::Optimizer(std::vector<Parameter> params, const OptimizerOptions& opti
 }
 
 Tensor Optimizer::step(float lr, float max_norm) {
-  std::vector<Tensor> grads;
+  std::vector<Tensor> grads, grad_rows;
   grads.reserve(params_.size());
+  grad_rows.reserve(params_.size());
   for (const Parameter& p : params_) {
     Tensor g = p.rotated_grad ? p.rotated_grad() : p.grad();
     HALO_CHECK(g.defined() && g.numel() == p.value.numel(), "Optimizer: gradient of '", p.name, "' is ",
@@ -62,8 +63,9 @@ Tensor Optimizer::step(float lr, float max_norm) {
     check_dtype(g, DType::f32, "Optimizer gradient");
     check_same_device(p.value, g, "Optimizer gradient");
     grads.push_back(std::move(g));
+    grad_rows.push_back(p.grad_rows ? p.grad_rows() : Tensor());
   }
-  const Tensor norm_sq = global_norm_squared(grads);
+  const Tensor norm_sq = global_norm_squared(grads, grad_rows);
   const Tensor scale = clip_coefficient(norm_sq, max_norm);  // NaN for non-finite gradients: no update
 
   AdamWConfig cfg;
@@ -86,6 +88,7 @@ Tensor Optimizer::step(float lr, float max_norm) {
     if (s.master.defined()) t.param_bf16 = p.value;
     t.decay = p.decay;
     t.grad_rotated = static_cast<bool>(p.rotated_grad);
+    t.grad_rows = grad_rows[i];
     t.id = static_cast<uint32_t>(i);
     adamw_step(t, cfg, scale);
   }
