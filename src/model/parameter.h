@@ -32,7 +32,8 @@ struct Parameter {
   std::function<Tensor()> rotated_grad;
   // Optional: i8 [rows of the gradient], 0 where the gradient's row is all zeros
   // (an embedding's rows no token of the step used); the optimizer then skips
-  // reading those rows (AdamWParam::grad_rows).
+  // reading those rows (AdamWParam::grad_rows). Whatever adds gradients from
+  // elsewhere into this one (e.g. a data-parallel sum) must merge the flags too.
   std::function<Tensor()> grad_rows;
 };
 
