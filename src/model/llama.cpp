@@ -386,8 +386,11 @@ void LlamaModel::save(const std::string& dir, DType dtype) const {
 std::vector<Parameter> LlamaModel::parameters() {
   Impl& m = *impl_;
   std::vector<Parameter> out;
-  const auto tensor = [&](const std::string& name, const Tensor& grad, bool decay) {
-    out.push_back({name, m.values.at(name), [grad] { return grad; }, {}, decay, {}, {}});
+  // rows: optional, Parameter::grad_rows of the gradient.
+  const auto tensor = [&](const std::string& name, const Tensor& grad, bool decay, const Tensor& rows = Tensor()) {
+    std::function<Tensor()> grad_rows;
+    if (rows.defined()) grad_rows = [rows] { return rows; };
+    out.push_back({name, m.values.at(name), [grad] { return grad; }, {}, decay, {}, grad_rows});
   };
   const auto linear = [&](const std::string& name, HaloLinear* lin) {
     std::function<Tensor()> rotated;  // the optimizer turns a rotating recipe's gradient back itself
@@ -402,9 +405,7 @@ std::vector<Parameter> LlamaModel::parameters() {
     out.push_back({"model.embed_tokens.weight", m.embed, [head] { return head->weight_grad(); },
                    [head] { head->weight_updated(); }, true, {}, {}});
   } else {  // only the rows of this step's tokens can be nonzero
-    const Tensor grad = m.embed_grad, rows = m.embed_rows;
-    out.push_back({"model.embed_tokens.weight", m.values.at("model.embed_tokens.weight"), [grad] { return grad; },
-                   {}, true, {}, [rows] { return rows; }});
+    tensor("model.embed_tokens.weight", m.embed_grad, true, m.embed_rows);
   }
   for (int64_t l = 0; l < m.L; ++l) {
     Layer& y = m.layers[l];
