@@ -226,7 +226,13 @@ void hadamard_cols_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& p, boo
 
 HadamardDevicePlan hadamard_device_plan(const HadamardPlan& plan) {
 #ifdef HALO_HAS_CUDA
+  // Plans live in the cache for the whole process: each one's device view (and
+  // the device copy of H_K) is made once, under the lock, and never changes.
   static std::mutex mu;
+  static std::map<const HadamardPlan*, HadamardDevicePlan> views;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto found = views.find(&plan);
+  if (found != views.end()) return found->second;
   HadamardDevicePlan dp;
   dp.dim = static_cast<int>(plan.dim);
   dp.block = static_cast<int>(plan.block);
@@ -236,22 +242,17 @@ HadamardDevicePlan hadamard_device_plan(const HadamardPlan& plan) {
   dp.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(plan.block)));
   if (plan.k > 1) {
     const int64_t k = plan.k;
-    const int64_t n = paley2_order(plan.h_k, k);
-    std::lock_guard<std::mutex> lock(mu);
-    // Plans live in the cache for the whole process; the device copy of H_K is
-    // made once, under the lock, and never changes afterwards.
+    std::vector<float> both(static_cast<size_t>(2 * k * k));
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        both[i * k + j] = plan.h_k[i * k + j];
+        both[k * k + i * k + j] = plan.h_k[j * k + i];
+      }
     auto& mutable_plan = const_cast<HadamardPlan&>(plan);
-    if (!mutable_plan.h_k_device.defined()) {
-      std::vector<float> both(static_cast<size_t>(2 * k * k));
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < k; ++j) {
-          both[i * k + j] = plan.h_k[i * k + j];
-          both[k * k + i * k + j] = plan.h_k[j * k + i];
-        }
-      mutable_plan.h_k_device = Tensor::from_floats({2 * k * k}, both).to(Device::cuda);
-    }
+    mutable_plan.h_k_device = Tensor::from_floats({2 * k * k}, both).to(Device::cuda);
     dp.h_k = plan.h_k_device.data_as<float>();
     dp.h_kt = dp.h_k + k * k;
+    const int64_t n = paley2_order(plan.h_k, k);
     if (n > 0 && n <= HadamardDevicePlan::kMaxPaleyN) {
       dp.paley_n = static_cast<int>(n);
       for (int64_t i = 0; i < n; ++i)  // C_ij = H[2i][2j] - [i == j]
@@ -260,7 +261,7 @@ HadamardDevicePlan hadamard_device_plan(const HadamardPlan& plan) {
               plan.h_k[(2 * i) * k + 2 * j] - (i == j ? 1.0f : 0.0f);
     }
   }
-  return dp;
+  return views.emplace(&plan, dp).first->second;
 #else
   (void)plan;
   HALO_FAIL("hadamard_device_plan: this build of halo has no CUDA support");

@@ -82,9 +82,11 @@ struct HadamardDevicePlan {
 // HadamardDevicePlan::paley_n, else 0.
 int64_t paley2_order(const std::vector<int8_t>& h, int64_t k);
 
-// Builds the device view of a plan; uploads H_K on the first call for this plan
-// (a blocking host-to-device copy, once per d and process: call it before CUDA
-// graph capture). Thread-safe. Needs a CUDA build; throws otherwise.
+// The device view of a plan (one of hadamard_plan's, which live for the
+// process), built on the first call for this plan and cached
+// (that call uploads H_K: a blocking host-to-device copy, once per d and
+// process: call it before CUDA graph capture). Thread-safe. Needs a CUDA
+// build; throws otherwise.
 HadamardDevicePlan hadamard_device_plan(const HadamardPlan& plan);
 
 }  // namespace halo
