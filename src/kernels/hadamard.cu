@@ -28,6 +28,7 @@
 #include "core/stream.h"
 #include "kernels/hadamard.cuh"
 #include "kernels/hadamard.h"
+#include "kernels/launch.cuh"
 
 namespace halo {
 namespace {
@@ -114,6 +115,29 @@ __global__ void __launch_bounds__(512)
   }
 }
 
+// Rows of d = 2N x 512: the P rotation of hadamard.cuh (one row per block and
+// turn, persistent grid; TI: bf16 bits or f32). R is symmetric there, so
+// transpose changes nothing.
+template <int N, class TI, class TO>
+__global__ void __launch_bounds__(hadamard_detail::kPThreads, 2)
+    rows_p_kernel(const TI* x, TO* y, int64_t rows, float scale) {
+  extern __shared__ float4 smem_rows[];
+  float* s = reinterpret_cast<float*>(smem_rows);
+  constexpr int d = 2 * N * 512, kT = hadamard_detail::kPThreads;
+  const int t = static_cast<int>(threadIdx.x);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    hadamard_detail::p_rotate_row<N>(x + r * d, s, t);
+    TO* yr = y + r * d;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float z[2 * N];
+      hadamard_detail::p_mix_column<N>(s, t + kT * h, scale, z);
+#pragma unroll
+      for (int a = 0; a < 2 * N; ++a) yr[512 * a + t + kT * h] = from_f32<TO>(z[a]);
+    }
+  }
+}
+
 int max_smem_per_block() {
   int dev = 0, bytes = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -132,6 +156,18 @@ bool use_fast_rows(const Tensor& x, const Tensor& y, const HadamardDevicePlan& p
 template <class TI, class TO>
 void launch_rows(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool transpose) {
   const int64_t rows = x.numel() / p.dim;
+  if (const int n = hadamard_detail::p_order_of(p); n && aligned16(x.data()) && rows > 0) {
+    using In = std::conditional_t<std::is_same_v<TI, float>, float, uint16_t>;  // bf16 as its bits
+    hadamard_detail::dispatch_p_order(n, [&](auto order) {
+      auto kernel = rows_p_kernel<decltype(order)::value, In, TO>;
+      const size_t smem = hadamard_detail::p_smem_bytes(n);
+      const int64_t grid = std::min(rows, resident_blocks(kernel, hadamard_detail::kPThreads, smem));
+      kernel<<<static_cast<unsigned>(grid), hadamard_detail::kPThreads, smem, current_stream()>>>(
+          reinterpret_cast<const In*>(x.data()), static_cast<TO*>(y.data()), rows, p.scale);
+      CUDA_CHECK_LAUNCH();
+    });
+    return;
+  }
   const bool fast = use_fast_rows(x, y, p);
   // The fast kernel takes two rows per block up to d = 8192 (at most 64 KB of
   // shared memory): twice the loads in flight per thread, which a memory-bound

@@ -583,6 +583,167 @@ __device__ __forceinline__ void s_pass_b(const float* s, int lt, float (&v)[64])
   wht_regs<64>(v, SRot<D>::kLowBits);
 }
 
+// ---- the P rotation: rows of d = 2N x 512 (H_{2N} Paley II over a prime q = N - 1,
+// N = 6, 14: d = 6144, 14336), one row per block of 256 threads ----
+// The row sits in shared memory as f32: segment a (its 512 elements a * 512 + c)
+// at a * kPStride, column c at p_col(c) (bit 2 of c flipped when bit 5 is set).
+// With these, every access below is free of bank conflicts:
+//   pass A: thread t transforms index bits 0..2 of the 8-element chunks t + 256 i
+//           of the row (the caller's 16-byte loads, all in flight together) and
+//           stores them (p_store_chunk);
+//   pass B: a thread per fiber (segment a, c & 7): its 64 elements at stride 8,
+//           bits 3..8 in registers, in place;
+//   pass C: thread t reads columns t and t + 256 of all 2N segments, one after
+//           the other, and mixes each with H_{2N} (kmix_paley2's formula) in
+//           registers, scaled (p_mix_column).
+// Compile-time N and C (p_conf, which the host checks against the plan's): the
+// mix unrolls to additions with nothing loaded and uses C's quadratic-residue
+// structure (p_conf_apply: about half the operations of the plain product; C
+// read from the kernel's parameters was hoisted into registers by the compiler
+// and spilled), and no element needs index arithmetic. Against the generic row path (pass A
+// in registers, radix-32 and the K-mix over shared memory with run-time loops)
+// it executes about half the instructions per element.
+constexpr int kPThreads = 256;
+constexpr int kPStride = 520;  // 8 mod 32: four consecutive segments cover the 32 banks
+__host__ __device__ constexpr int p_chunks(int n) { return 2 * n * 64 / kPThreads; }  // 8-element chunks per thread
+__host__ __device__ constexpr bool hadamard_p_order(int n) { return n == 6 || n == 14; }
+__host__ __device__ constexpr size_t p_smem_bytes(int n) { return static_cast<size_t>(2 * n) * kPStride * 4; }
+
+// C = [[0, 1^T], [1, Q]], Q[i][j] = chi(i - j) mod q = N - 1 (a prime), as hadamard_matrix.cpp.
+__host__ __device__ constexpr int p_legendre(int a, int q) {
+  a = ((a % q) + q) % q;
+  if (a == 0) return 0;
+  for (int x = 1; x < q; ++x)
+    if (x * x % q == a) return 1;
+  return -1;
+}
+__host__ __device__ constexpr int p_conf(int n, int i, int j) {
+  return i == 0 ? (j == 0 ? 0 : 1) : (j == 0 ? 1 : p_legendre(i - j, n - 1));
+}
+
+// Host side: N when rows of the plan take the P rotation (the whole row, 2N x 512,
+// the built-in C), else 0.
+inline int p_order_of(const HadamardDevicePlan& p) {
+  const int n = p.paley_n;
+  if (!hadamard_p_order(n) || p.block != p.dim || p.pow2 != 512 || p.dim != 2 * n * 512) return 0;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j)
+      if (p.conf[i * HadamardDevicePlan::kMaxPaleyN + j] != p_conf(n, i, j)) return 0;
+  return n;
+}
+
+// Host side: f(std::integral_constant<int, N>) for a P order N.
+template <class F>
+void dispatch_p_order(int n, F&& f) {
+  n == 6 ? f(std::integral_constant<int, 6>{}) : f(std::integral_constant<int, 14>{});
+}
+
+__device__ __forceinline__ int p_col(int c) { return c ^ (((c >> 5) & 1) << 2); }
+
+// Pass A for the chunk q = t + 256 i: v holds the row's elements 8 q .. 8 q + 7.
+__device__ __forceinline__ void p_store_chunk(float* s, int q, float (&v)[8]) {
+  wht_regs<8>(v, 3);
+  const int c = 8 * (q & 63), h = (c >> 5) & 1;  // p_col swaps the two halves when bit 5 is set
+  float* seg = s + (q >> 6) * kPStride + c;
+  *reinterpret_cast<float4*>(seg + 4 * h) = make_float4(v[0], v[1], v[2], v[3]);
+  *reinterpret_cast<float4*>(seg + 4 * (h ^ 1)) = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Pass B (all threads; the caller syncs before and after). Element lo + 8 m of a
+// segment has bit 5 = bit 2 of m: two base pointers, constant offsets.
+template <int N>
+__device__ __forceinline__ void p_pass_b(float* s, int t) {
+  constexpr int kFibers = 2 * N * 8;
+  static_assert(kFibers <= kPThreads, "one fiber per thread");
+  if (t >= kFibers) return;
+  const int a = t >> 3, lo = t & 7;
+  float* b0 = s + a * kPStride + lo;
+  float* b1 = s + a * kPStride + (lo ^ 4);
+  float v[64];
+#pragma unroll
+  for (int m = 0; m < 64; ++m) v[m] = ((m >> 2) & 1 ? b1 : b0)[8 * m];
+  wht_regs<64>(v, 6);
+#pragma unroll
+  for (int m = 0; m < 64; ++m) ((m >> 2) & 1 ? b1 : b0)[8 * m] = v[m];
+}
+
+// y = C x, C = [[0, 1^T], [1, Q]] (p_conf): with S = x_1 + ... + x_q,
+//   y_0 = S,  y_i = x_0 + sum_j chi(i - j) x_j = x_0 - S + x_i + 2 sum_k (x_{i-k} + x_{i+k})
+// over the quadratic residues k <= q / 2 (chi(-1) = 1 for q = 1 mod 4; indices of
+// x_1..x_q taken mod q): about 7 operations per output instead of q.
+template <int N>
+__host__ __device__ __forceinline__ void p_conf_apply(const float (&x)[N], float (&y)[N]) {
+  constexpr int q = N - 1;
+  float sum = x[1];
+#pragma unroll
+  for (int j = 2; j <= q; ++j) sum += x[j];
+  const float base = x[0] - sum;
+  y[0] = sum;
+#pragma unroll
+  for (int i = 0; i < q; ++i) {  // y[1 + i]
+    float pairs = 0.0f;
+#pragma unroll
+    for (int k = 1; k <= q / 2; ++k)
+      if (p_legendre(k, q) == 1) pairs += x[1 + (i - k + q) % q] + x[1 + (i + k) % q];
+    y[1 + i] = fmaf(2.0f, pairs, base + x[1 + i]);
+  }
+}
+
+// Pass C for column c: z[a] = element a * 512 + c of the rotated row (scaled).
+// Columns t and t + 256 of a block: a warp's reads are 32 consecutive floats.
+template <int N>
+__device__ __forceinline__ void p_mix_column(const float* s, int c, float scale, float (&z)[2 * N]) {
+  const int pc = p_col(c);
+#pragma unroll
+  for (int a = 0; a < 2 * N; ++a) z[a] = s[a * kPStride + pc];
+  float sum[N], dif[N], ye[N], yo[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) sum[i] = z[2 * i] + z[2 * i + 1], dif[i] = z[2 * i] - z[2 * i + 1];
+  p_conf_apply<N>(dif, ye);
+  p_conf_apply<N>(sum, yo);
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    z[2 * i] = (ye[i] + sum[i]) * scale;
+    z[2 * i + 1] = (dif[i] - yo[i]) * scale;
+  }
+}
+
+// Passes A and B of row xr (bf16 bits or f32) into s, all threads. Starts with a
+// barrier (s is free once every thread is done with the previous row) after
+// issuing the row's loads, ends with one (pass C may read s). Nothing of the row
+// is written before all of it is read: the output may alias the input.
+template <int N, class In>
+__device__ __forceinline__ void p_rotate_row(const In* xr, float* s, int t) {
+  static_assert(sizeof(In) == 2 || sizeof(In) == 4, "bf16 bits or f32");
+  constexpr int kC = p_chunks(N), kQ = sizeof(In) / 2;  // 16-byte loads per chunk
+  uint4 raw[kC][kQ];
+#pragma unroll
+  for (int i = 0; i < kC; ++i)
+#pragma unroll
+    for (int k = 0; k < kQ; ++k) raw[i][k] = __ldg(reinterpret_cast<const uint4*>(xr + 8 * (t + kPThreads * i)) + k);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kC; ++i) {
+    float w[8];
+#pragma unroll
+    for (int k = 0; k < kQ; ++k) {
+      const uint32_t u[4] = {raw[i][k].x, raw[i][k].y, raw[i][k].z, raw[i][k].w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (kQ == 1) {
+          w[2 * j] = __uint_as_float(u[j] << 16), w[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
+        } else {
+          w[4 * k + j] = __uint_as_float(u[j]);
+        }
+      }
+    }
+    p_store_chunk(s, t + kPThreads * i, w);
+  }
+  __syncthreads();
+  p_pass_b<N>(s, t);
+  __syncthreads();
+}
+
 }  // namespace hadamard_detail
 
 // row := row R (transpose = false) or row R^T (transpose = true); see the

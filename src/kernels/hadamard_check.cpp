@@ -172,8 +172,9 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
       cases.push_back({false, 3, d, f32, f32, t, false, false, false});
     }
   }
-  // 2048, 4096, 8192: the S rotation (8, 4 and 2 rows per block: 11 rows end with a partial group).
-  for (int64_t d : {96, 2048, 4096, 8192, 14336, 11008, 344}) {
+  // 2048, 4096, 8192: the S rotation (8, 4 and 2 rows per block: 11 rows end with a
+  // partial group); 6144, 14336: the P rotation for bf16 inputs.
+  for (int64_t d : {96, 2048, 4096, 6144, 8192, 14336, 11008, 344}) {
     cases.push_back({false, 11, d, bf16, f32, true, false, false, false});
     cases.push_back({false, 4, d, bf16, f32, false, false, false, false});
     cases.push_back({false, 4, d, f32, bf16, true, false, false, false});

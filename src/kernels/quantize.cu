@@ -9,7 +9,8 @@
 //              pass 2: quad_quantize_kernel or quantize_kernel; every block reduces
 //              the slots to the multiplier (block 0 writes the scale), then codes
 //              the rows in DEscending order, so that the rows pass 1 read last are
-//              the first ones read again, while still in L2.
+//              the first ones read again, while still in L2. Rotated bf16 rows of
+//              d = 6144, 14336: absmax_p_kernel, p_quantize_kernel (the P rotation).
 //   row, out only   one pass: per row, absmax then codes from the same registers /
 //              shared memory; the scales are written by the same kernel.
 //   other scaled    memset (absmax accumulators) -> absmax_kernel (atomicMax on the
@@ -1082,6 +1083,86 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
   }
 }
 
+// ---- rows of d = 2N x 512: the P rotation of hadamard.cuh, one row per block and turn ----
+using hadamard_detail::dispatch_p_order;
+using hadamard_detail::p_rotate_row;
+using hadamard_detail::p_smem_bytes;
+static_assert(hadamard_detail::kPThreads == kThreads, "the P rotation runs on blocks of kThreads");
+
+template <int M>
+__device__ __forceinline__ uint32_t max_abs_bits(const float (&v)[M]) {
+  uint32_t a = 0;
+#pragma unroll
+  for (int i = 0; i < M; ++i) a = max(a, abs_bits(v[i]));
+  return a;
+}
+
+// Pass 1 of per-tensor scaling with the P rotation (bf16 rows): persistent grid,
+// rows in ascending order.
+template <int N>
+__global__ void __launch_bounds__(kThreads, 2) absmax_p_kernel(Params p) {
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  __shared__ uint32_t red[kWarps];
+  float* s = reinterpret_cast<float*>(dyn_smem);
+  const int t = static_cast<int>(threadIdx.x);
+  const uint16_t* x = static_cast<const uint16_t*>(p.x);
+  uint32_t a = 0;
+  for (int64_t r = blockIdx.x; r < p.R; r += gridDim.x) {
+    p_rotate_row<N>(x + r * p.C, s, t);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float z[2 * N];
+      hadamard_detail::p_mix_column<N>(s, t + kThreads * h, p.plan.scale, z);
+      a = max(a, max_abs_bits(z));
+    }
+  }
+  a = block_max(a, red);
+  if (t == 0) p.partial[blockIdx.x] = a;
+}
+
+// Codes of column c of every segment of row r (round to nearest even).
+template <DType D, int N>
+__device__ __forceinline__ void p_codes(const Params& p, int64_t r, int c, const float (&z)[2 * N], float m) {
+#pragma unroll
+  for (int a = 0; a < 2 * N; ++a) {
+    const int64_t c0 = 512 * a + c;
+    const float mo = p.mul_o ? p.mul_o[scale_index(p.g, r, c0, p.R, p.C)] : m;
+    p.q_o[r * p.C + c0] = encode1<D>(__fmul_rn(z[a], mo));
+  }
+}
+
+// Pass 2 with the P rotation (bf16 rows, out's codes only, no stochastic
+// rounding), and the per-row one-pass scaling: rows in descending order.
+template <int N>
+__global__ void __launch_bounds__(kThreads, 2) p_quantize_kernel(Params p) {
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  __shared__ uint32_t red[kWarps];
+  float* s = reinterpret_cast<float*>(dyn_smem);
+  const int t = static_cast<int>(threadIdx.x);
+  const uint16_t* x = static_cast<const uint16_t*>(p.x);
+  const float m_all = p.partial ? tensor_multiplier(p, red) : 1.0f;  // 1: unscaled
+  for (int64_t item = blockIdx.x; item < p.R; item += gridDim.x) {
+    const int64_t r = p.R - 1 - item;
+    p_rotate_row<N>(x + r * p.C, s, t);
+    float z0[2 * N], z1[2 * N];
+    hadamard_detail::p_mix_column<N>(s, t, p.plan.scale, z0);
+    hadamard_detail::p_mix_column<N>(s, t + kThreads, p.plan.scale, z1);
+    float m = m_all;
+    if (p.row_max) {
+      const float amax = __uint_as_float(block_max(max(max_abs_bits(z0), max_abs_bits(z1)), red));
+      m = quant_multiplier(amax, p.qmax);
+      if (t == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
+    }
+    switch (p.dtype) {
+      case DType::i8: p_codes<DType::i8, N>(p, r, t, z0, m), p_codes<DType::i8, N>(p, r, t + kThreads, z1, m); break;
+      case DType::e4m3:
+        p_codes<DType::e4m3, N>(p, r, t, z0, m), p_codes<DType::e4m3, N>(p, r, t + kThreads, z1, m);
+        break;
+      default: p_codes<DType::e5m2, N>(p, r, t, z0, m), p_codes<DType::e5m2, N>(p, r, t + kThreads, z1, m); break;
+    }
+  }
+}
+
 // [R, C] bytes -> [C, R] bytes, R % 4 == 0, C % 4 == 0, 4-byte aligned.
 // 64 x 64 tiles, 256 threads: thread (ty, tx) reads a 4 x 4 byte block (rows
 // 4ty.., word column tx), transposes it in registers and puts it in shared
@@ -1179,6 +1260,7 @@ struct Config {
   int G = 1;
   bool regs = false;
   int s = 0;  // the S rotation's d (2048, 4096, 8192; K = 1), or 0
+  int p = 0;  // the P rotation's N (d = 2N x 512, Paley II H_2N), or 0
 };
 
 template <class In_, int V_, int kMode_, int G_, bool kRegs_>
@@ -1299,6 +1381,7 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
       src = &rotated;
     }
     if (cfg.mode != kDirect) p.plan = hadamard_device_plan(hp);
+    if (cfg.mode == kFast && x2.dtype() == DType::bf16 && !spec.stochastic) cfg.p = hadamard_detail::p_order_of(p.plan);
   }
   cfg.f32 = src->dtype() == DType::f32;
   cfg.V = C % 8 == 0 && reinterpret_cast<uintptr_t>(src->data()) % 16 == 0 ? 8 : 1;
@@ -1315,7 +1398,12 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
   const auto absmax_s = [&](auto d) {
     return cfg.f32 ? absmax_s_kernel<float, decltype(d)::value> : absmax_s_kernel<uint16_t, decltype(d)::value>;
   };
-  if (tensor && cfg.s) {
+  const auto absmax_p = [](auto n) { return absmax_p_kernel<decltype(n)::value>; };
+  if (tensor && cfg.p) {
+    dispatch_p_order(cfg.p, [&](auto n) {
+      grid1 = std::min(R, resident_blocks(absmax_p(n), kThreads, p_smem_bytes(cfg.p)));
+    });
+  } else if (tensor && cfg.s) {
     hadamard_detail::dispatch_s_width(cfg.s, [&](auto d) {
       grid1 = std::min(n_s_groups,
                        resident_blocks(absmax_s(d), kThreads, cfg.f32 ? s_smem<float>() : s_smem<uint16_t>()));
@@ -1351,7 +1439,9 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
   p.acc_o = acc_o, p.acc_t = acc_t;
 
   // Pass 1.
-  if (tensor && cfg.s) {
+  if (tensor && cfg.p) {
+    dispatch_p_order(cfg.p, [&](auto n) { launch(absmax_p(n), grid1, p_smem_bytes(cfg.p), p); });
+  } else if (tensor && cfg.s) {
     hadamard_detail::dispatch_s_width(
         cfg.s, [&](auto d) { launch(absmax_s(d), grid1, cfg.f32 ? s_smem<float>() : s_smem<uint16_t>(), p); });
   } else if (tensor) {
@@ -1413,6 +1503,13 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
           constexpr int D = decltype(d)::value;
           auto kernel = spec.stochastic ? quad_quantize_kernel<In, D, true> : quad_quantize_kernel<In, D, false>;
           launch(kernel, std::min(n_s_groups, resident_blocks(kernel, kThreads, s_smem<In>())), s_smem<In>(), p);
+        });
+        return;
+      }
+      if (Var::kMode == kFast && cfg.p && !need_t) {  // the P rotation, out's groups only
+        dispatch_p_order(cfg.p, [&](auto n) {
+          auto kernel = p_quantize_kernel<decltype(n)::value>;
+          launch(kernel, std::min(R, resident_blocks(kernel, kThreads, p_smem_bytes(cfg.p))), p_smem_bytes(cfg.p), p);
         });
         return;
       }

@@ -369,12 +369,13 @@ std::vector<CheckResult> quantize_cuda_checks(bool full) {
   }
   // The fused rotation at the widths it is tuned for: 2048, 4096 and 8192 (the S
   // rotation: 32, 64 and 128 threads per row, 8, 4 and 2 rows per block; and the
-  // one-row kernels when a transposed copy has its own groups), 14336 = 28 x 512
-  // (the K-mix, four groups of 16 per thread). R = 27, 102, 25 and 41 end with a
+  // one-row kernels when a transposed copy has its own groups), 6144 = 12 x 512
+  // and 14336 = 28 x 512 (the P rotation for bf16 rows, out's codes, round to
+  // nearest; the fast one-row kernels with the K-mix otherwise). R = 27, 102, 25 and 41 end with a
   // partial group of rows (41 x 14336: rows longer than one chunk of the unrotated
   // kernel). Each copy alone and both, every mode; stochastic rounding where out's
   // codes are the only ones and where the transposed copy has its own groups.
-  const Shape2 wide[] = {{27, 2048}, {102, 4096}, {25, 8192}, {41, 14336}};
+  const Shape2 wide[] = {{27, 2048}, {102, 4096}, {25, 8192}, {19, 6144}, {41, 14336}};
   for (const Shape2& sh : wide) {
     for (DType in_dtype : {DType::bf16, DType::f32}) {
       if (in_dtype == DType::f32 && sh.C == 14336) continue;
@@ -388,6 +389,22 @@ std::vector<CheckResult> quantize_cuda_checks(bool full) {
               s.stochastic = (copies == 2 && g != Granularity::tensor) || (copies == 0 && rotate);
               results.push_back(run_case(in, s, rotate, copies != 1, copies != 0, Fill::normal, false));
             }
+    }
+  }
+  // The P rotation in every mode (the loop above sends out alone with stochastic
+  // rounding), and with zero groups and a NaN.
+  for (const Shape2 sh : {Shape2{19, 6144}, Shape2{41, 14336}}) {
+    for (Fill fill : {Fill::normal, Fill::zero_rows, Fill::nan}) {
+      const Input in = make(sh.R, sh.C, DType::bf16, fill, ++seed);
+      for (DType f : formats)
+        for (Granularity g : grans) {
+          QuantSpec s;
+          s.dtype = f, s.granularity = g;
+          results.push_back(run_case(in, s, true, true, false, fill, false));
+        }
+      QuantSpec unscaled;
+      unscaled.scaled = false;
+      results.push_back(run_case(in, unscaled, true, true, false, fill, false));
     }
   }
   // 64 x 1024: the one-row kernels; 36 x 4096: the four-row kernels (rotated and not).
