@@ -443,6 +443,39 @@ TEST(Rope, PackedDocumentsRestartPositions) {
   EXPECT_EQ(packed.rows(0, len).to_floats(), ref.to(DType::bf16).to_floats());
 }
 
+TEST(Rope, BetweenColumnsOfTwoTensors) {
+  // q|k|v rows [tokens, 3 heads + 1 + 1 of D]: k (columns 3D..4D) rotated into its
+  // own tensor equals the copy rotated in place; the gradient goes back into the
+  // same columns of a fused gradient and leaves the others alone.
+  const int64_t tokens = 5, D = 8, C = 5 * D;
+  const auto f = inv_freq_of(D, 10000.0);
+  const Tensor pos = ids_of({0, 3, 1, 9, 2}), ft = Tensor::from_floats({D / 2}, f);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor qkv = random_normal({tokens, C}, 46, 1.0f, dt);
+    Tensor k = Tensor::empty({tokens, D}, dt), ref = Tensor::empty({tokens, D}, dt);
+    rope_forward(qkv, 3 * D, k, 0, D, pos, ft);
+    copy_columns(qkv, 3 * D, ref, 0, D);
+    Tensor ref3 = ref.view({tokens, 1, D});
+    rope_forward(ref3, pos, ft);
+    EXPECT_EQ(k.to_floats(), ref.to_floats());
+    Tensor dqkv = clone(qkv);
+    rope_backward(k, 0, dqkv, 3 * D, D, pos, ft);
+    rope_backward(ref3, pos, ft);
+    Tensor back = Tensor::empty({tokens, D}, dt);
+    copy_columns(dqkv, 3 * D, back, 0, D);
+    EXPECT_EQ(back.to_floats(), ref.to_floats());
+    Tensor others = clone(dqkv);
+    copy_columns(qkv, 3 * D, others, 3 * D, D);  // dqkv with k's columns put back: qkv again
+    EXPECT_EQ(others.to_floats(), qkv.to_floats());
+  }
+  Tensor q = Tensor::empty({tokens, 3 * D}, DType::f32);
+  const Tensor qkv = random_normal({tokens, C}, 47);
+  EXPECT_THROW(rope_forward(qkv, 3 * D, q, 0, 3 * D, pos, ft), Error);  // past qkv's columns
+  EXPECT_THROW(rope_forward(qkv, 0, q, 0, 2 * D + 2, pos, ft), Error);  // not whole heads
+  Tensor same = clone(qkv);
+  EXPECT_THROW(rope_forward(same, 0, same, D, D, pos, ft), Error);  // in place on other columns
+}
+
 TEST(Rope, RejectsBadArguments) {
   const auto f = inv_freq_of(8, 10000.0);
   Tensor x = random_normal({3, 2, 8}, 44), odd = random_normal({3, 2, 7}, 45);

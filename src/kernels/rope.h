@@ -24,4 +24,15 @@ namespace halo {
 void rope_forward(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 void rope_backward(Tensor& dx, const Tensor& positions, const Tensor& inv_freq);
 
+// The same rotations from one [tokens, C] tensor to another: columns
+// [src_col, src_col + width) of src's rows (heads of D = 2 inv_freq.numel()
+// values each) are rotated into columns [dst_col, dst_col + width) of dst's
+// rows. q and k go straight from a fused q|k|v projection to their own
+// tensors, and their gradients back into one, with no copy. src and dst may be
+// the same tensor only with the same columns (in place).
+void rope_forward(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col, int64_t width,
+                  const Tensor& positions, const Tensor& inv_freq);
+void rope_backward(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col, int64_t width,
+                   const Tensor& positions, const Tensor& inv_freq);
+
 }  // namespace halo

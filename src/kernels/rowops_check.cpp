@@ -322,6 +322,21 @@ CheckResult check_rope(int64_t tokens, int64_t heads, int64_t D, DType act, int6
     run(Device::cpu, cy, cdx);
     c.compare("forward", gy, cy);
     c.compare("backward", gdx, cdx);
+    // Between columns of two tensors, as from and into a fused q|k|v [tokens, 2 heads D + 8].
+    const int64_t W = heads * D, C = 2 * W + 8;
+    const Tensor qkv = random_tensor({tokens, C}, act, 44), g = random_tensor({tokens, W}, act, 45);
+    auto run_cols = [&](Device dev, Tensor& k, Tensor& dqkv) {
+      const Tensor pd = pos.to(dev), fd = f.to(dev);
+      k = Tensor::empty({tokens, W}, act, dev);
+      rope_forward(qkv.to(dev), W, k, 0, W, pd, fd);
+      dqkv = clone(qkv.to(dev));
+      rope_backward(g.to(dev), 0, dqkv, W, W, pd, fd);
+    };
+    Tensor gk, gq, ck, cq;
+    run_cols(Device::cuda, gk, gq);
+    run_cols(Device::cpu, ck, cq);
+    c.compare("forward from columns", gk, ck);
+    c.compare("backward into columns", gq, cq);
   });
 }
 

@@ -106,37 +106,45 @@ std::vector<HfSlice> hf_slices(const ModelConfig& c, const Recipe& recipe) {
 
 namespace {
 
-// The q, k and v projections of a block: one fused linear [QKV, d] (+ bias
-// [QKV]; q rows, then k, then v: one quantization of their shared input and
-// one GEMM per product), or three where separate_qkv(recipe). Either way
-// forward yields q, k and v, and backward takes their gradients.
+// The q, k and v projections of a block, with RoPE on q and k: one fused
+// linear [QKV, d] (+ bias [QKV]; q rows, then k, then v: one quantization of
+// their shared input and one GEMM per product), or three where
+// separate_qkv(recipe). Either way forward yields q and k rotated and v, and
+// backward takes their gradients. Fused, RoPE reads q and k from the fused
+// output (and writes their gradients into the fused gradient): only v is copied.
 struct QkvProjection {
   std::vector<std::unique_ptr<HaloLinear>> linears;  // {q|k|v} or {q, k, v}
   std::vector<std::string> names;                    // their Parameter names, without ".weight"
   std::array<int64_t, 3> widths{};                   // of q, k, v: Hq D, Hkv D, Hkv D
 
-  // a [N, d] -> q, k, v act [N, width]; saved: null, or one entry per linear.
-  std::array<Tensor, 3> forward(const Tensor& a, std::array<LinearSaved, 3>* saved) {
+  // a [N, d] -> q, k (rotated by RoPE at positions), v act [N, width]; saved:
+  // null, or one entry per linear.
+  std::array<Tensor, 3> forward(const Tensor& a, const Tensor& positions, const Tensor& inv_freq,
+                                std::array<LinearSaved, 3>* saved) {
     std::array<Tensor, 3> out;
     if (linears.size() == 3) {
       for (size_t i = 0; i < 3; ++i) out[i] = linears[i]->forward(a, saved ? &(*saved)[i] : nullptr);
+      for (size_t i = 0; i < 2; ++i) rope_forward(out[i], 0, out[i], 0, widths[i], positions, inv_freq);
       return out;
     }
     const Tensor qkv = linears[0]->forward(a, saved ? &(*saved)[0] : nullptr);  // [N, QKV]
     int64_t col = 0;
     for (size_t i = 0; i < 3; ++i) {
       out[i] = Tensor::empty({a.size(0), widths[i]}, qkv.dtype(), qkv.device());
-      copy_columns(qkv, col, out[i], 0, widths[i]);
+      if (i < 2) rope_forward(qkv, col, out[i], 0, widths[i], positions, inv_freq);
+      else copy_columns(qkv, col, out[i], 0, widths[i]);
       col += widths[i];
     }
     return out;
   }
 
-  // The gradients of q, k, v [N, width] -> that of a, as one term per linear
-  // (the gradient is their sum), each handed to `take` as soon as it exists.
-  void backward(const std::array<Tensor, 3>& grads, std::array<LinearSaved, 3>& saved,
-                const std::function<void(Tensor)>& take) {
+  // The gradients of the rotated q, k and of v [N, width] -> that of a, as one
+  // term per linear (the gradient is their sum), each handed to `take` as soon
+  // as it exists. The separate linears' q and k gradients are rotated in place.
+  void backward(std::array<Tensor, 3> grads, const Tensor& positions, const Tensor& inv_freq,
+                std::array<LinearSaved, 3>& saved, const std::function<void(Tensor)>& take) {
     if (linears.size() == 3) {
+      for (size_t i = 0; i < 2; ++i) rope_backward(grads[i], 0, grads[i], 0, widths[i], positions, inv_freq);
       for (size_t i = 0; i < 3; ++i) take(linears[i]->backward(grads[i], saved[i]));
       return;
     }
@@ -144,7 +152,8 @@ struct QkvProjection {
                                 grads[0].device());
     int64_t col = 0;
     for (size_t i = 0; i < 3; ++i) {
-      copy_columns(grads[i], 0, dqkv, col, widths[i]);
+      if (i < 2) rope_backward(grads[i], 0, dqkv, col, widths[i], positions, inv_freq);
+      else copy_columns(grads[i], 0, dqkv, col, widths[i]);
       col += widths[i];
     }
     take(linears[0]->backward(dqkv, saved[0]));
@@ -471,10 +480,8 @@ std::pair<Tensor, Tensor> LlamaModel::Impl::block_forward(int64_t l, const Step&
                                                           const Tensor& rstd1, BlockSaved* sv) {
   Layer& y = layers[l];
   const int64_t N = s.N;
-  const auto [q2, k2, v2] = y.qkv.forward(a, sv ? &sv->qkv : nullptr);
+  const auto [q2, k2, v2] = y.qkv.forward(a, s.positions, inv_freq, sv ? &sv->qkv : nullptr);
   Tensor q = q2.view({N, Hq, D}), k = k2.view({N, Hkv, D}), v = v2.view({N, Hkv, D});
-  rope_forward(q, s.positions, inv_freq);
-  rope_forward(k, s.positions, inv_freq);
   Tensor attn = Tensor::empty({N, Hq, D}, act, dev), lse = Tensor::empty({N, Hq}, DType::f32, dev);
   attention_forward(q, k, v, s.attn, attn, lse);
   Tensor branch = y.o->forward(attn.view({N, Hq * D}), sv ? &sv->o : nullptr);  // [N, d]
@@ -505,13 +512,12 @@ Tensor LlamaModel::Impl::block_backward(int64_t l, const Step& s, BlockSaved& sv
   Tensor dq = Tensor::empty({N, Hq, D}, act, dev), dk = Tensor::empty({N, Hkv, D}, act, dev),
          dv = Tensor::empty({N, Hkv, D}, act, dev);
   attention_backward(sv.q, sv.k, sv.v, sv.attn, sv.lse, dattn, s.attn, dq, dk, dv);
-  rope_backward(dq, s.positions, inv_freq);
-  rope_backward(dk, s.positions, inv_freq);
   // d(rmsnorm(x) * ln1) [N, d] is the sum of one term per q/k/v linear; the norm's
   // backward is linear in it, so each term goes through it in turn, onto the
   // residual path's gradient and the terms before it (no separate sum).
   Tensor dx = dx_mid;
-  y.qkv.backward({dq.view({N, Hq * D}), dk.view({N, Hkv * D}), dv.view({N, Hkv * D})}, sv.qkv, [&](Tensor da) {
+  y.qkv.backward({dq.view({N, Hq * D}), dk.view({N, Hkv * D}), dv.view({N, Hkv * D})}, s.positions, inv_freq, sv.qkv,
+                 [&](Tensor da) {
     rmsnorm_backward(da, sv.x, y.ln1, sv.rstd1, &dx, da, y.ln1_grad);
     dx = da;
   });
