@@ -598,11 +598,11 @@ __device__ __forceinline__ void s_pass_b(const float* s, int lt, float (&v)[64])
 //           registers, scaled (p_mix_column).
 // Compile-time N and C (p_conf, which the host checks against the plan's): the
 // mix unrolls to additions with nothing loaded and uses C's quadratic-residue
-// structure (p_conf_apply: about half the operations of the plain product; C
-// read from the kernel's parameters was hoisted into registers by the compiler
-// and spilled), and no element needs index arithmetic. Against the generic row path (pass A
-// in registers, radix-32 and the K-mix over shared memory with run-time loops)
-// it executes about half the instructions per element.
+// structure (p_conf_apply: about half the operations of the plain product), and
+// no element needs index arithmetic. (C read from the kernel's parameters was
+// hoisted into registers by the compiler and spilled.) The generic row path it
+// replaces for these widths (run-time loops over shared memory) was issue-bound;
+// see docs/perf.md for the measured gain.
 constexpr int kPThreads = 256;
 constexpr int kPStride = 520;  // 8 mod 32: four consecutive segments cover the 32 banks
 __host__ __device__ constexpr int p_chunks(int n) { return 2 * n * 64 / kPThreads; }  // 8-element chunks per thread
