@@ -1,5 +1,5 @@
 // Rotary position embedding (Hugging Face Llama convention, "rotate_half"),
-// applied in place, forward beside backward.
+// in place or from one tensor's columns to another's, forward beside backward.
 //
 // x is [tokens, heads, D] (leading dims flattened: [..., heads, D]; q with
 // the attention heads, k with the kv heads, one call each). For i < D/2 the
