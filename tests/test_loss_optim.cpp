@@ -500,6 +500,32 @@ TEST(AdamW, ClipFactorScalesTheGradient) {
   EXPECT_EQ(a.v.to_floats(), b.v.to_floats());
 }
 
+TEST(AdamW, Bf16GradientStepsAsItsF32Values) {
+  // A bf16 gradient gives the step and the norm of the f32 gradient holding the
+  // same values, in both storage modes, plain and rotated.
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (bool rotated : {false, true}) {
+      const int64_t rows = 3, d = 2048, n = rows * d;
+      AdamWParam a = make_state(n, dtype, 95), b = make_state(n, dtype, 95);
+      for (AdamWParam* t : {&a, &b})
+        for (Tensor* x : {&t->param, &t->m, &t->v}) *x = x->view({rows, d});
+      b.grad = random_normal({rows, d}, 96, 1e-2f, DType::bf16);
+      a.grad = b.grad.to(DType::f32);
+      a.grad_rotated = b.grad_rotated = rotated;
+      const Tensor norm_a = global_norm_squared({a.grad}), norm_b = global_norm_squared({b.grad});
+      EXPECT_EQ(norm_a.to_floats(), norm_b.to_floats());
+      AdamWConfig c;
+      c.step = 3;
+      c.weight_decay = 0.1f;
+      adamw_step(a, c, clip_coefficient(norm_a, 0.5f));
+      adamw_step(b, c, clip_coefficient(norm_b, 0.5f));
+      EXPECT_EQ(a.param.to_floats(), b.param.to_floats()) << dtype_name(dtype) << rotated;
+      EXPECT_EQ(a.m.to_floats(), b.m.to_floats());
+      EXPECT_EQ(a.v.to_floats(), b.v.to_floats());
+      EXPECT_NE(a.param.to_floats(), make_state(n, dtype, 95).param.to_floats()) << "the step moved nothing";
+    }
+}
+
 TEST(AdamW, RotatedGradientIsTurnedBackFirst) {
   // grad_rotated: the step on G R equals the step on (G R) R^T, for a width of
   // the GPU's fused kernel (2048) and one it rotates back first (12 x 64).
@@ -538,7 +564,7 @@ TEST(AdamW, Errors) {
   }
   {
     AdamWParam a = good();
-    a.grad = Tensor::zeros({n}, DType::bf16);
+    a.grad = Tensor::zeros({n}, DType::f16);  // f32 or bf16 only
     EXPECT_THROW(adamw_step(a, c), Error);
   }
   {
@@ -589,7 +615,7 @@ TEST(AdamW, Errors) {
   bad.beta2 = 1.0f;
   EXPECT_THROW(adamw_step(good(), bad), Error);
   EXPECT_THROW(global_norm_squared({}), Error);
-  EXPECT_THROW(global_norm_squared(std::vector<Tensor>{Tensor::zeros({4}, DType::bf16)}), Error);
+  EXPECT_THROW(global_norm_squared(std::vector<Tensor>{Tensor::zeros({4}, DType::f16)}), Error);
   EXPECT_THROW(clip_coefficient(Tensor::zeros({2}, DType::f32), 1.0f), Error);
 }
 

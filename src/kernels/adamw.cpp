@@ -39,6 +39,13 @@ AdamWScalars adamw_scalars(const AdamWConfig& cfg, bool decay) {
 
 namespace {
 
+void check_grad_dtype(const Tensor& g, const char* what) {
+  HALO_CHECK(g.dtype() == DType::f32 || g.dtype() == DType::bf16, what, " must be f32 or bf16, got ", g.describe());
+}
+
+// A bf16 host gradient as f32 (exact), for the CPU loops; others unchanged.
+Tensor f32_on_host(const Tensor& g) { return g.dtype() == DType::bf16 && !g.is_cuda() ? g.to(DType::f32) : g; }
+
 // grad_rows (if defined) as AdamWParam::grad_rows says, for gradient g.
 void check_grad_rows(const Tensor& grad_rows, const Tensor& g, const char* op) {
   if (!grad_rows.defined()) return;
@@ -61,7 +68,7 @@ void check_adamw(const AdamWParam& t, const AdamWConfig& cfg, const Tensor& grad
   const DType dt = t.param.dtype();
   HALO_CHECK(dt == DType::f32 || dt == DType::bf16, op, ": param must be f32 (master) or bf16, got ",
              t.param.describe());
-  check_dtype(t.grad, DType::f32, "adamw_step grad");
+  check_grad_dtype(t.grad, "adamw_step grad");
   check_dtype(t.m, dt, "adamw_step m (the param's dtype)");
   check_dtype(t.v, dt, "adamw_step v (the param's dtype)");
   const int64_t n = t.param.numel();
@@ -99,7 +106,8 @@ bool rotation_fuses(const AdamWParam& t) {
 void adamw_cpu(const AdamWParam& t, const detail::AdamWScalars& k, float gs, bool sr, uint64_t seed,
                uint64_t stream) {
   const int64_t n = t.param.numel();
-  const float* g = t.grad.data_as<float>();
+  const Tensor grad = f32_on_host(t.grad);
+  const float* g = grad.data_as<float>();
   if (t.param.dtype() == DType::f32) {
     float* p = t.param.data_as<float>();
     float* m = t.m.data_as<float>();
@@ -169,7 +177,7 @@ Tensor global_norm_squared(const std::vector<Tensor>& grads, const std::vector<T
   HALO_CHECK(grad_rows.empty() || grad_rows.size() == grads.size(), "global_norm_squared: ", grad_rows.size(),
              " row flags for ", grads.size(), " gradients");
   for (size_t i = 0; i < grads.size(); ++i) {
-    check_dtype(grads[i], DType::f32, "global_norm_squared gradient");
+    check_grad_dtype(grads[i], "global_norm_squared gradient");
     check_same_device(grads[0], grads[i], "global_norm_squared");
     if (!grad_rows.empty()) check_grad_rows(grad_rows[i], grads[i], "global_norm_squared");
   }
@@ -183,7 +191,8 @@ Tensor global_norm_squared(const std::vector<Tensor>& grads, const std::vector<T
   // Fixed chunks summed in parallel, then in order: the same sum for any thread count.
   constexpr int64_t kChunk = 1 << 16;
   double total = 0.0;
-  for (const Tensor& g : grads) {
+  for (const Tensor& g32 : grads) {
+    const Tensor g = f32_on_host(g32);
     const float* x = g.data_as<float>();
     const int64_t n = g.numel(), chunks = (n + kChunk - 1) / kChunk;
     std::vector<double> part(static_cast<size_t>(chunks));

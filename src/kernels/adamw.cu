@@ -15,7 +15,7 @@
 // the same function the CPU runs. The gradient scale is read from device memory
 // by every thread (one broadcast load); a non-finite scale returns at once.
 // Bytes per element: FP32 master 4+4 (p) + 4 (g) + 8 + 8 (m, v) + 2 (bf16 copy)
-// = 30; BF16 16. Launch: 256 threads, at most 4 blocks per SM (64 registers per
+// = 30; BF16 16 (14 with a bf16 gradient). Launch: 256 threads, at most 4 blocks per SM (64 registers per
 // thread; 1024 threads x 5 to 8 loads of 16 bytes in flight per SM is several
 // times what it takes to cover HBM latency). Stochastic rounding costs one
 // Philox4x32-10 call per element (~100 integer instructions): with ~50 more for
@@ -45,6 +45,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/cuda_check.h"
 #include "core/stream.h"
@@ -149,11 +150,15 @@ __device__ __forceinline__ void update8(T* p, T* m, T* v, uint16_t* pb, int64_t 
   }
 }
 
+__device__ __forceinline__ float load1(const float* p) { return *p; }
+__device__ __forceinline__ float load1(const uint16_t* p) { return bf16_bits_to_float(*p); }
+
 // T: float (FP32 master; pb optional bf16 copy) or uint16_t (BF16 storage).
+// G: the gradient's, float or uint16_t (bf16).
 // Elements [0, nv) in vectors of 8 (nv % 8 == 0, pointers 16-byte aligned), [nv, n) one by one.
-template <class T, bool kSR>
+template <class T, class G, bool kSR>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
-    adamw_kernel(T* __restrict__ p, const float* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+    adamw_kernel(T* __restrict__ p, const G* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                  uint16_t* __restrict__ pb, const float* __restrict__ grad_scale, int64_t n, int64_t nv,
                  RowFlags rows, AdamWScalars k, uint64_t seed, uint64_t stream) {
   const float gs = grad_scale ? *grad_scale : 1.0f;
@@ -170,14 +175,14 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   for (int64_t i = nv + tid; i < n; i += stride) {
     if constexpr (sizeof(T) == 4) {
       float pi = p[i], mi = m[i], vi = v[i];
-      detail::adamw_update(pi, mi, vi, detail::mul_rn(g[i], gs), k);
+      detail::adamw_update(pi, mi, vi, detail::mul_rn(load1(g + i), gs), k);
       p[i] = pi;
       m[i] = mi;
       v[i] = vi;
       if (pb) pb[i] = float_to_bf16_bits(pi);
     } else {
       float pi = bf16_bits_to_float(p[i]), mi = bf16_bits_to_float(m[i]), vi = bf16_bits_to_float(v[i]);
-      detail::adamw_update(pi, mi, vi, detail::mul_rn(g[i], gs), k);
+      detail::adamw_update(pi, mi, vi, detail::mul_rn(load1(g + i), gs), k);
       round_bf16<kSR>(pi, mi, vi, seed, stream, i, p[i], m[i], v[i]);
     }
   }
@@ -190,9 +195,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
 // its 64 values, scaled, back into shared memory; then the group is updated as
 // a flat range, thread t taking the 8-vectors t + kThreads k, so that the loads
 // and stores of p, m, v are coalesced as in adamw_kernel.
-template <class T, bool kSR, int D>
+template <class T, class G, bool kSR, int D>
 __global__ void __launch_bounds__(kThreads, 2)
-    adamw_rotated_kernel(T* __restrict__ p, const float* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+    adamw_rotated_kernel(T* __restrict__ p, const G* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                          uint16_t* __restrict__ pb, const float* __restrict__ grad_scale, int64_t rows,
                          float rot_scale, AdamWScalars k, uint64_t seed, uint64_t stream) {
   using namespace hadamard_detail;
@@ -252,7 +257,8 @@ __device__ double block_sum(double s) {
 
 // Sum of squares of x[0, n) in f64, one partial per block in partial[0, gridDim.x);
 // block 0 zeroes the slots [gridDim.x, kNormBlocks) that no block uses.
-__global__ void __launch_bounds__(kThreads) sum_squares_kernel(const float* __restrict__ x, int64_t n, int64_t nv,
+template <class G>
+__global__ void __launch_bounds__(kThreads) sum_squares_kernel(const G* __restrict__ x, int64_t n, int64_t nv,
                                                                RowFlags rows, double* __restrict__ partial) {
   if (blockIdx.x == 0)
     for (int i = gridDim.x + threadIdx.x; i < kNormBlocks; i += kThreads) partial[i] = 0.0;
@@ -272,7 +278,10 @@ __global__ void __launch_bounds__(kThreads) sum_squares_kernel(const float* __re
       for (int j = 0; j < 8; ++j) s += static_cast<double>(e[u][j]) * e[u][j];  // exact squares
     }
   }
-  for (int64_t i = nv + tid; i < n; i += stride) s += static_cast<double>(x[i]) * x[i];
+  for (int64_t i = nv + tid; i < n; i += stride) {
+    const double e = load1(x + i);
+    s += e * e;
+  }
   s = block_sum<kThreads>(s);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
@@ -301,12 +310,12 @@ unsigned grid_for(int64_t items) {
 }  // namespace
 
 // adamw_rotated_kernel for rows of an S width d.
-template <class T, bool kSR>
-void launch_rotated(int64_t d, T* p, const float* g, T* m, T* v, uint16_t* pb, const float* gs, int64_t rows,
+template <class T, class G, bool kSR>
+void launch_rotated(int64_t d, T* p, const G* g, T* m, T* v, uint16_t* pb, const float* gs, int64_t rows,
                     const AdamWScalars& k, uint64_t seed, uint64_t stream) {
   hadamard_detail::dispatch_s_width(d, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
-    const auto kernel = adamw_rotated_kernel<T, kSR, D>;
+    const auto kernel = adamw_rotated_kernel<T, G, kSR, D>;
     const size_t smem = hadamard_detail::kSRotBytes;
     const int64_t groups = (rows + hadamard_detail::SRot<D>::Q - 1) / hadamard_detail::SRot<D>::Q;
     const int64_t grid = std::min(groups, resident_blocks(kernel, kThreads, smem));
@@ -316,52 +325,50 @@ void launch_rotated(int64_t d, T* p, const float* g, T* m, T* v, uint16_t* pb, c
   });
 }
 
-void adamw_step_cuda(const AdamWParam& t, const AdamWScalars& k, const Tensor& grad_scale, bool sr, uint64_t seed,
-                     uint64_t stream) {
+// One tensor's update with gradient type G: the rotated kernel for rotated rows
+// (of an S width, aligned: adamw_step sends no other), else adamw_kernel.
+template <class G>
+void launch_adamw(const AdamWParam& t, const G* g, const AdamWScalars& k, const float* gs, bool sr, uint64_t seed,
+                  uint64_t stream) {
   const int64_t n = t.param.numel();
-  const float* gs = grad_scale.defined() ? grad_scale.data_as<float>() : nullptr;
   uint16_t* pb = t.param_bf16.defined() ? t.param_bf16.data_as<uint16_t>() : nullptr;
-  const bool vec = aligned16(t.param.data()) && aligned16(t.grad.data()) && aligned16(t.m.data()) &&
-                   aligned16(t.v.data()) && (!pb || aligned16(pb));
-  if (t.grad_rotated) {  // rows of an S width, aligned (adamw_step sends no other)
-    const int64_t d = t.param.size(-1);
-    const float* g = t.grad.data_as<float>();
-    const int64_t rows = n / d;
-    if (t.param.dtype() == DType::f32) {
-      launch_rotated<float, false>(d, t.param.data_as<float>(), g, t.m.data_as<float>(), t.v.data_as<float>(), pb,
-                                     gs, rows, k, seed, stream);
-    } else {
-      uint16_t* p = t.param.data_as<uint16_t>();
-      uint16_t* m = t.m.data_as<uint16_t>();
-      uint16_t* v = t.v.data_as<uint16_t>();
-      if (sr)
-        launch_rotated<uint16_t, true>(d, p, g, m, v, nullptr, gs, rows, k, seed, stream);
-      else
-        launch_rotated<uint16_t, false>(d, p, g, m, v, nullptr, gs, rows, k, seed, stream);
+  const auto run = [&](auto* p, auto* m, auto* v, auto sr_c) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    constexpr bool kSR = decltype(sr_c)::value;
+    if (t.grad_rotated) {
+      const int64_t d = t.param.size(-1);
+      launch_rotated<T, G, kSR>(d, p, g, m, v, pb, gs, n / d, k, seed, stream);
+      return;
     }
-    CUDA_CHECK_LAUNCH();
-    return;
-  }
-  const int64_t nv = vec ? n / 8 * 8 : 0;
-  const unsigned blocks = grid_for(std::max(nv / 8, n - nv));
-  const cudaStream_t s = current_stream();
-  const float* g = t.grad.data_as<float>();
-  const RowFlags rows = row_flags(t.grad_rows, t.grad);
+    const bool vec = aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v) && (!pb || aligned16(pb));
+    const int64_t nv = vec ? n / 8 * 8 : 0;
+    const unsigned blocks = grid_for(std::max(nv / 8, n - nv));
+    adamw_kernel<T, G, kSR><<<blocks, kThreads, 0, current_stream()>>>(p, g, m, v, pb, gs, n, nv,
+                                                                       row_flags(t.grad_rows, t.grad), k, seed,
+                                                                       stream);
+  };
   if (t.param.dtype() == DType::f32) {
-    adamw_kernel<float, false><<<blocks, kThreads, 0, s>>>(t.param.data_as<float>(), g, t.m.data_as<float>(),
-                                                           t.v.data_as<float>(), pb, gs, n, nv, rows, k, seed,
-                                                           stream);
+    run(t.param.data_as<float>(), t.m.data_as<float>(), t.v.data_as<float>(), std::false_type{});
   } else {
+    pb = nullptr;
     uint16_t* p = t.param.data_as<uint16_t>();
     uint16_t* m = t.m.data_as<uint16_t>();
     uint16_t* v = t.v.data_as<uint16_t>();
     if (sr)
-      adamw_kernel<uint16_t, true><<<blocks, kThreads, 0, s>>>(p, g, m, v, nullptr, gs, n, nv, rows, k, seed, stream);
+      run(p, m, v, std::true_type{});
     else
-      adamw_kernel<uint16_t, false><<<blocks, kThreads, 0, s>>>(p, g, m, v, nullptr, gs, n, nv, rows, k, seed,
-                                                                 stream);
+      run(p, m, v, std::false_type{});
   }
   CUDA_CHECK_LAUNCH();
+}
+
+void adamw_step_cuda(const AdamWParam& t, const AdamWScalars& k, const Tensor& grad_scale, bool sr, uint64_t seed,
+                     uint64_t stream) {
+  const float* gs = grad_scale.defined() ? grad_scale.data_as<float>() : nullptr;
+  if (t.grad.dtype() == DType::f32)
+    launch_adamw(t, t.grad.data_as<float>(), k, gs, sr, seed, stream);
+  else
+    launch_adamw(t, t.grad.data_as<uint16_t>(), k, gs, sr, seed, stream);
 }
 
 void global_norm_squared_cuda(const std::vector<Tensor>& grads, const std::vector<Tensor>& grad_rows, Tensor& out) {
@@ -379,8 +386,11 @@ void global_norm_squared_cuda(const std::vector<Tensor>& grads, const std::vecto
     const unsigned blocks =
         static_cast<unsigned>(std::clamp<int64_t>((items + kThreads - 1) / kThreads, 1, kNormBlocks));
     const RowFlags rows = grad_rows.empty() ? RowFlags{} : row_flags(grad_rows[i], g);
-    sum_squares_kernel<<<blocks, kThreads, 0, s>>>(g.data_as<float>(), n, nv, rows,
-                                                   partial + static_cast<int64_t>(i) * kNormBlocks);
+    double* slots_i = partial + static_cast<int64_t>(i) * kNormBlocks;
+    if (g.dtype() == DType::f32)
+      sum_squares_kernel<<<blocks, kThreads, 0, s>>>(g.data_as<float>(), n, nv, rows, slots_i);
+    else
+      sum_squares_kernel<<<blocks, kThreads, 0, s>>>(g.data_as<uint16_t>(), n, nv, rows, slots_i);
     CUDA_CHECK_LAUNCH();
   }
   out = buf.rows(2 * slots, 1);

@@ -8,7 +8,8 @@
 // AdamW: the same IEEE f32 operations on both sides (adamw.h), stochastic
 // rounding included, so p, m, v and the bf16 copy must be bitwise equal (error:
 // the largest distance in units in the last place of the stored format).
-// Gradient norm: f64 partial sums in different orders, 1e-6 relative.
+// Gradient norm: f64 partial sums in different orders, 1e-6 relative. The
+// gradient is f32 or bf16 (read exactly on both sides: the same tolerances).
 // AdamW with a gradient in the rotated basis: see adamw_rotated_checks.
 #include <algorithm>
 #include <cmath>
@@ -135,7 +136,8 @@ void cross_entropy_checks(int64_t n, int64_t V, DType dtype, std::vector<CheckRe
 
 // Parameters and state of `n` elements in the given storage, on the host; `offset`
 // elements are skipped at the start of every buffer (an unaligned view).
-AdamWParam make_param(int64_t n, DType dtype, bool bf16_copy, int64_t offset, uint64_t seed) {
+AdamWParam make_param(int64_t n, DType dtype, bool bf16_copy, int64_t offset, uint64_t seed,
+                      DType grad_dtype = DType::f32) {
   auto view = [&](const Tensor& full) { return full.rows(offset, n); };
   AdamWParam t;
   t.param = view(host_normal({n + offset}, dtype, seed, 0.02f));
@@ -147,7 +149,7 @@ AdamWParam make_param(int64_t n, DType dtype, bool bf16_copy, int64_t offset, ui
     v.data_as<float>()[i] = x * x + 1e-12f;
   }
   t.v = view(v.to(dtype));
-  t.grad = view(Tensor::zeros({n + offset}, DType::f32));
+  t.grad = view(Tensor::zeros({n + offset}, grad_dtype));
   if (bf16_copy) t.param_bf16 = view(Tensor::zeros({n + offset}, DType::bf16));
   return t;
 }
@@ -181,10 +183,14 @@ AdamWConfig check_config(bool sr, uint64_t seed) {
   return cfg;
 }
 
+// " bf16 gradient" for a bf16 gradient, "" for f32.
+std::string grad_tag(DType grad_dtype) { return grad_dtype == DType::bf16 ? " bf16 gradient" : ""; }
+
 // Three steps of AdamW (gradients clipped through the device norm) on the GPU and the CPU.
-void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, std::vector<CheckResult>& out) {
+void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, DType grad_dtype, std::vector<CheckResult>& out) {
   const char* mode = dtype == DType::f32 ? "fp32-master" : (sr ? "bf16+sr" : "bf16");
-  const std::string tag = std::string(mode) + " " + std::to_string(n) + (offset ? " unaligned" : "");
+  const std::string tag =
+      std::string(mode) + " " + std::to_string(n) + (offset ? " unaligned" : "") + grad_tag(grad_dtype);
   CheckResult res, norm_res;
   res.name = "adamw " + tag;
   res.tolerance = 0.0;
@@ -192,7 +198,7 @@ void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, std::vector<C
   norm_res.name = "global_norm_squared " + tag;
   norm_res.tolerance = 1e-6;
   try {
-    AdamWParam cpu = make_param(n, dtype, dtype == DType::f32, offset, 100 + n);
+    AdamWParam cpu = make_param(n, dtype, dtype == DType::f32, offset, 100 + n, grad_dtype);
     cpu.decay = !(dtype == DType::bf16 && !sr);  // one mode without weight decay
     cpu.id = 7;
     AdamWParam gpu = copy_param(cpu, Device::cuda, offset);
@@ -201,7 +207,7 @@ void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, std::vector<C
     AdamWConfig cfg = check_config(sr, 1234);
     for (int64_t step = 1; step <= 3; ++step) {
       cfg.step = step;
-      const Tensor g = host_normal({n}, DType::f32, 200 + step, 1e-3f);
+      const Tensor g = host_normal({n}, grad_dtype, 200 + step, 1e-3f);
       cpu.grad.copy_from(g);
       gpu.grad.copy_from(g);
       // Norm about sqrt(n) * 1e-3: clipping to half of it is active.
@@ -238,10 +244,12 @@ void adamw_checks(int64_t n, DType dtype, bool sr, int64_t offset, std::vector<C
 // rotations round differently (f32 sums in other orders, relative ~1e-7), so
 // this compares by relative error: 1e-5 for f32 storage; bf16 storage rounds a
 // few elements to the neighbouring bf16 value (2^-8 relative each), 1e-3.
-void adamw_rotated_checks(int64_t rows, int64_t d, DType dtype, bool sr, std::vector<CheckResult>& out) {
+void adamw_rotated_checks(int64_t rows, int64_t d, DType dtype, bool sr, DType grad_dtype,
+                          std::vector<CheckResult>& out) {
   const char* mode = dtype == DType::f32 ? "fp32-master" : (sr ? "bf16+sr" : "bf16");
   CheckResult res;
-  res.name = std::string("adamw rotated gradient ") + mode + " " + std::to_string(rows) + "x" + std::to_string(d);
+  res.name = std::string("adamw rotated gradient ") + mode + " " + std::to_string(rows) + "x" + std::to_string(d) +
+             grad_tag(grad_dtype);
   res.tolerance = dtype == DType::f32 ? 1e-5 : 1e-3;
   res.detail = "relative error of p, m, v, bf16 copy over 3 steps";
   try {
@@ -252,7 +260,7 @@ void adamw_rotated_checks(int64_t rows, int64_t d, DType dtype, bool sr, std::ve
       t.grad_rotated = true;
       return t;
     };
-    AdamWParam cpu = as_rows(make_param(n, dtype, dtype == DType::f32, 0, 300 + d));
+    AdamWParam cpu = as_rows(make_param(n, dtype, dtype == DType::f32, 0, 300 + d, grad_dtype));
     cpu.id = 3;
     AdamWParam gpu = as_rows(copy_param(cpu, Device::cuda, 0));
     Tensor scale = Tensor::empty({1}, DType::f32);
@@ -261,7 +269,7 @@ void adamw_rotated_checks(int64_t rows, int64_t d, DType dtype, bool sr, std::ve
     AdamWConfig cfg = check_config(sr, 99);
     for (int64_t step = 1; step <= 3; ++step) {
       cfg.step = step;
-      const Tensor g = host_normal({rows, d}, DType::f32, 400 + step, 1e-3f);
+      const Tensor g = host_normal({rows, d}, grad_dtype, 400 + step, 1e-3f);
       cpu.grad.copy_from(g);
       gpu.grad.copy_from(g);
       adamw_step(gpu, cfg, scale_gpu);
@@ -367,10 +375,13 @@ std::vector<CheckResult> loss_optim_cuda_checks(bool full) {
   for (DType dtype : {DType::f32, DType::bf16})
     for (bool sr : {false, true}) {
       if (dtype == DType::f32 && sr) continue;  // stochastic rounding is for bf16 storage
-      adamw_checks(1000003, dtype, sr, 0, out);  // vector path and a tail of 3
-      adamw_checks(4101, dtype, sr, 1, out);     // unaligned: every element one by one
-      if (full) adamw_checks(int64_t{1} << 26, dtype, sr, 0, out);
+      for (DType g : {DType::f32, DType::bf16}) {
+        adamw_checks(1000003, dtype, sr, 0, g, out);  // vector path and a tail of 3
+        adamw_checks(4101, dtype, sr, 1, g, out);     // unaligned: every element one by one
+      }
+      if (full) adamw_checks(int64_t{1} << 26, dtype, sr, 0, DType::f32, out);
     }
+  if (full) adamw_checks(int64_t{1} << 26, DType::bf16, false, 0, DType::bf16, out);
   adamw_nan_check(DType::f32, out);
   adamw_nan_check(DType::bf16, out);
   adamw_grad_rows_check(301, 64, DType::f32, out);
@@ -379,11 +390,16 @@ std::vector<CheckResult> loss_optim_cuda_checks(bool full) {
   // Rotated gradients: 11 rows end with a partial group of rows (8, 4, 2 per block);
   // 1536 is rotated back before the plain update.
   for (int64_t d : {2048, 4096, 8192, 1536}) {
-    adamw_rotated_checks(11, d, DType::f32, false, out);
-    adamw_rotated_checks(11, d, DType::bf16, false, out);
-    adamw_rotated_checks(11, d, DType::bf16, true, out);
+    adamw_rotated_checks(11, d, DType::f32, false, DType::f32, out);
+    adamw_rotated_checks(11, d, DType::bf16, false, DType::f32, out);
+    adamw_rotated_checks(11, d, DType::bf16, true, DType::f32, out);
+    adamw_rotated_checks(11, d, DType::bf16, false, DType::bf16, out);
   }
-  if (full) adamw_rotated_checks(4096, 4096, DType::f32, false, out);
+  adamw_rotated_checks(11, 4096, DType::f32, false, DType::bf16, out);
+  if (full) {
+    adamw_rotated_checks(4096, 4096, DType::f32, false, DType::f32, out);
+    adamw_rotated_checks(4096, 4096, DType::bf16, false, DType::bf16, out);
+  }
   return out;
 }
 #else
