@@ -217,6 +217,16 @@ TEST(HaloLinear, AnyBatchShapeBiasAndAccumulation) {
     EXPECT_LT(rel(dx, dX), 0.05) << name;
     EXPECT_THROW(layer.forward(random_normal({4, 95}, 1), nullptr), Error);
   }
+  // bf16 weight gradients are for the GPU; the CPU keeps f32 and says so.
+  HaloLinear layer(96, 20, false, parse_recipe("halo1-fp8"), Device::cpu, DType::f32, 9);
+  EXPECT_NO_THROW(layer.set_weight_grad_dtype(DType::f32));
+  EXPECT_EQ(layer.weight_grad_dtype(), DType::f32);
+  try {
+    layer.set_weight_grad_dtype(DType::bf16);
+    ADD_FAILURE() << "bf16 gradients accepted on the CPU";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16 on the GPU"), std::string::npos) << e.what();
+  }
 }
 
 TEST(HaloLinear, WeightIsQuantizedOncePerUpdate) {

@@ -60,6 +60,14 @@ HaloLinear::HaloLinear(int64_t in_features, int64_t out_features, bool has_bias,
   }
 }
 
+void HaloLinear::set_weight_grad_dtype(DType dtype) {
+  HALO_CHECK(dtype == DType::f32 || (dtype == DType::bf16 && grad_w_.is_cuda()),
+             "HaloLinear: the weight gradient can be f32, or bf16 on the GPU; got ", dtype_name(dtype), " on ",
+             device_name(grad_w_.device()));
+  if (dtype != grad_w_.dtype()) grad_w_ = Tensor::zeros(grad_w_.shape(), dtype, grad_w_.device());
+  grads_zero_ = true;
+}
+
 // No memset per step: the next backward writes the gradients instead of adding
 // to them. Asked for before any backward, they are zeroed then.
 void HaloLinear::zero_grad() { grads_zero_ = true; }
@@ -176,7 +184,7 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
 Tensor HaloLinear::weight_grad() {
   clear_if_no_backward();
   if (!recipe_.rotates()) return grad_w_;
-  Tensor g = Tensor::empty(grad_w_.shape(), DType::f32, grad_w_.device());
+  Tensor g = Tensor::empty(grad_w_.shape(), grad_w_.dtype(), grad_w_.device());
   hadamard_rows(grad_w_, g, /*transpose=*/true);
   return g;
 }

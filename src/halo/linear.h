@@ -46,7 +46,12 @@ class HaloLinear {
   // dy: [..., out] -> dx [..., in]; adds this micro-batch's dW and db to the gradients.
   Tensor backward(const Tensor& dy, const LinearSaved& saved);
 
-  Tensor weight_grad();  // f32 [out, in], summed over backward calls since zero_grad()
+  // The weight gradient's dtype: f32 (the default) or, on the GPU, bf16 (half the
+  // memory and traffic; each backward's sum over the tokens is still f32 inside
+  // the GEMM, rounded once when added). Zeroes the gradients.
+  void set_weight_grad_dtype(DType dtype);
+  DType weight_grad_dtype() const { return grad_w_.dtype(); }
+  Tensor weight_grad();  // [out, in] (weight_grad_dtype), summed over backward calls since zero_grad()
   // Rotating recipes: the same gradient times R (rows in the rotated basis, as the
   // backward accumulates it; no rotation back); undefined for the others.
   Tensor rotated_weight_grad();
@@ -72,7 +77,7 @@ class HaloLinear {
   bool weight_ready_ = false;
   QTensor w_q_;   // Q(W~)   [m, n]  for Y
   QTensor w_qt_;  // Q(W~)^T [n, m]  for dX
-  Tensor grad_w_;  // f32 [m, n]; in the rotated basis for rotating recipes
+  Tensor grad_w_;  // f32 or bf16 [m, n]; in the rotated basis for rotating recipes
   Tensor grad_b_;  // f32 [m]
   bool grads_zero_ = true;  // the next backward writes the gradients instead of adding
 };
