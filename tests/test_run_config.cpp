@@ -59,6 +59,7 @@ TEST(RunConfig, ErrorsNameTheFileTheLineAndTheKey) {
   EXPECT_ERROR_HAS(parse_train_config("lr = nan\n", "run.toml"), "'lr'");
   EXPECT_ERROR_HAS(parse_train_config("schedule = \"exp\"\n", "run.toml"), "'schedule'", "cosine");
   EXPECT_ERROR_HAS(parse_train_config("master_weights = \"fp16\"\n", "run.toml"), "'master_weights'");
+  EXPECT_ERROR_HAS(parse_train_config("grad_dtype = \"f16\"\n", "run.toml"), "'grad_dtype'", "f32 or bf16");
   EXPECT_ERROR_HAS(parse_train_config("device = \"tpu\"\n", "run.toml"), "'device'");
   EXPECT_ERROR_HAS(parse_train_config("save_dtype = \"f16\"\n", "run.toml"), "'save_dtype'");
   EXPECT_ERROR_HAS(parse_train_config("recipe = \"halo3-int8\"\n", "run.toml"), "'recipe'", "halo3-int8");
@@ -180,6 +181,7 @@ TEST(RunConfig, TomlRoundTripIsExact) {
   c.grad_clip = 0.0;
   c.stochastic_rounding = true;
   c.master_weights = "bf16";
+  c.grad_dtype = "bf16";
   c.seed = 123456789012345;
   c.keep_checkpoints = 0;
   const std::string text = to_toml(c);

@@ -168,11 +168,14 @@ TEST(Trainer, TinyRunLearnsAndEightBitRecipesTrackBf16) {
 TEST(Trainer, TinyRunOnTheGpuEightBitRecipesTrackBf16) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   // The same run on the GPU (bf16 weights and activations, the CUDA 8-bit
-  // kernels): every recipe learns, and the 8-bit ones end within 2% of bf16.
+  // kernels): every recipe learns, and the 8-bit ones end within 2% of bf16;
+  // so does halo1-fp8 with bf16 weight gradients ("halo1-fp8/bf16-grads").
   std::map<std::string, double> val;
-  for (const std::string recipe : {"bf16", "halo2-int8", "halo1-fp8"}) {
-    TrainConfig c = tiny_run("gpu_" + recipe, recipe, 150);
+  for (const std::string recipe : {"bf16", "halo2-int8", "halo1-fp8", "halo1-fp8/bf16-grads"}) {
+    const bool bf16_grads = recipe.find("/bf16-grads") != std::string::npos;
+    TrainConfig c = tiny_run(bf16_grads ? "gpu_bf16_grads" : "gpu_" + recipe, recipe.substr(0, recipe.find('/')), 150);
     c.device = "cuda";
+    if (bf16_grads) c.grad_dtype = "bf16";
     const TrainResult r = run_training(c, quiet());
     ASSERT_EQ(r.steps, 150) << recipe;
     EXPECT_EQ(r.skipped_steps, 0) << recipe;
@@ -180,7 +183,7 @@ TEST(Trainer, TinyRunOnTheGpuEightBitRecipesTrackBf16) {
     val[recipe] = r.val_loss;
     std::printf("gpu tiny run %-10s validation loss %.4f\n", recipe.c_str(), r.val_loss);
   }
-  for (const std::string recipe : {"halo2-int8", "halo1-fp8"})
+  for (const std::string recipe : {"halo2-int8", "halo1-fp8", "halo1-fp8/bf16-grads"})
     EXPECT_LT(std::fabs(val[recipe] - val["bf16"]), 0.02 * val["bf16"]) << recipe << " vs bf16 " << val["bf16"];
 }
 
@@ -350,6 +353,11 @@ TEST(Trainer, RefusesBadConfigurations) {
   TrainOptions o = quiet();
   o.resume = workdir().string();
   EXPECT_NE(error_of(c, o).find("is not a checkpoint directory"), std::string::npos) << error_of(c, o);
+
+  c = tiny_run("bad", "bf16", 2);
+  c.device = "cpu";
+  c.grad_dtype = "bf16";
+  EXPECT_NE(error_of(c).find("grad_dtype = \"bf16\" runs on the GPU only"), std::string::npos) << error_of(c);
 
   c = tiny_run("bad", "bf16", 2);
   c.device = "cuda";

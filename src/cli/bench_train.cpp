@@ -1,6 +1,7 @@
 // halo bench train: whole training steps (forward, backward, AdamW with f32
 // master weights on the GPU, or bf16 weights and states with --master-weights
-// bf16) on random tokens, per recipe: step time, tokens/s, MFU and peak memory.
+// bf16; --grad-dtype bf16 for bf16 weight gradients of the linears) on random
+// tokens, per recipe: step time, tokens/s, MFU and peak memory.
 // The LM head runs in bf16 unless --lm-head-recipe says otherwise (rows are
 // then named RECIPE/head-HEADRECIPE); --lm-head-chunk sets its tokens per
 // chunk (default: chosen from the vocabulary size).
@@ -73,7 +74,7 @@ int bench_train(const std::vector<std::string>& argv) {
   Args args(argv, {"recompute", "json"});
   args.check_all_used(
       {"model", "config", "recipe", "batch", "seq-len", "steps", "warmup", "recompute", "device", "json", "seed",
-       "master-weights", "lm-head-recipe", "lm-head-chunk"});
+       "master-weights", "grad-dtype", "lm-head-recipe", "lm-head-chunk"});
   const std::string model_dir = args.get("model", ""), config_path = args.get("config", "");
   HALO_CHECK(model_dir.empty() != config_path.empty(),
              "bench train: give --model DIR (a Hugging Face model) or --config FILE (a config.json, random init)");
@@ -98,6 +99,9 @@ int bench_train(const std::vector<std::string>& argv) {
   OptimizerOptions optimizer_options;
   optimizer_options.master_weights = parse_master_weights(args.get("master-weights", "fp32"));
   const char* master_name = optimizer_options.master_weights == MasterWeights::fp32 ? "f32" : "bf16";
+  const std::string grad_dtype = args.get("grad-dtype", "f32");
+  HALO_CHECK(grad_dtype == "f32" || (grad_dtype == "bf16" && gpu), "--grad-dtype: expected f32, or bf16 on the GPU; got '",
+             grad_dtype, "' on ", device_arg);
   HALO_CHECK(batch > 0 && seq_len > 0, "--batch and --seq-len must be positive");
   HALO_CHECK(steps > 0 && warmup >= 0, "--steps must be positive and --warmup non-negative");
 
@@ -113,7 +117,8 @@ int bench_train(const std::vector<std::string>& argv) {
         model_dir.empty() ? (config_path + ", random init").c_str() : model_dir.c_str(), device_arg.c_str(),
         gpu && !gpus.empty() ? (" (" + gpus[0].name + ", bf16)").c_str() : " (f32)", static_cast<long long>(batch),
         static_cast<long long>(seq_len), recompute ? ", recompute" : "", static_cast<long long>(steps),
-        static_cast<long long>(warmup), gpu ? (std::string(" (") + master_name + " master weights)").c_str() : "");
+        static_cast<long long>(warmup),
+        gpu ? (std::string(" (") + master_name + " master weights, " + grad_dtype + " gradients)").c_str() : "");
   }
 
   std::vector<Row> rows;
@@ -134,6 +139,7 @@ int bench_train(const std::vector<std::string>& argv) {
       mo.dtype = gpu ? DType::bf16 : DType::f32;
       mo.recompute = recompute;
       mo.seed = seed;
+      mo.grad_dtype = grad_dtype == "bf16" ? DType::bf16 : DType::f32;
       LlamaModel model(mc, mo);
       if (model_dir.empty())
         model.init_weights(seed);
@@ -165,9 +171,9 @@ int bench_train(const std::vector<std::string>& argv) {
     if (json) {
       std::printf(
           "{\"recipe\": \"%s\", \"device\": \"%s\", \"batch\": %lld, \"seq_len\": %lld, \"recompute\": %s, "
-          "\"master_weights\": \"%s\", \"step_ms\": %.6g, \"tokens_per_s\": %.6g, \"mfu\": %s, \"peak_mem_bytes\": %s}\n",
+          "\"master_weights\": \"%s\", \"grad_dtype\": \"%s\", \"step_ms\": %.6g, \"tokens_per_s\": %.6g, \"mfu\": %s, \"peak_mem_bytes\": %s}\n",
           row.recipe.c_str(), device_arg.c_str(), static_cast<long long>(batch), static_cast<long long>(seq_len),
-          recompute ? "true" : "false", master_name, row.step_ms, row.tokens_per_s,
+          recompute ? "true" : "false", master_name, grad_dtype.c_str(), row.step_ms, row.tokens_per_s,
           row.mfu >= 0 ? std::to_string(row.mfu).c_str() : "null",
           row.peak_mem >= 0 ? std::to_string(row.peak_mem).c_str() : "null");
     }

@@ -46,6 +46,7 @@ const std::map<std::string, std::string> kKeyHelp = {
     {"eps", "AdamW epsilon"},
     {"grad_clip", "max global gradient norm (0: no clipping)"},
     {"master_weights", "fp32 (f32 master copy) | bf16"},
+    {"grad_dtype", "the linears' weight gradients: f32 | bf16 (GPU only: half the memory)"},
     {"stochastic_rounding", "bf16 master weights rounded stochastically"},
     {"recompute", "recompute activations in the backward (less memory)"},
     {"eval_interval", "steps between validations (0: at the end only)"},

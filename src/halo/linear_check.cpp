@@ -1,5 +1,7 @@
 // The CUDA linear layer against the CPU one, per recipe, on the same inputs.
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/rng.h"
 #include "halo/linear.h"
@@ -20,16 +22,20 @@ Tensor random_input(int64_t rows, int64_t cols, uint64_t seed, bool outliers) {
   return t;
 }
 
-// Runs forward and backward on `device`; inputs are bf16 values (as f32 on the CPU).
+// Runs forward and `backwards` backward calls (the gradients add up) on `device`;
+// inputs are bf16 values (as f32 on the CPU). bf16_grad: the GPU's weight
+// gradient in bf16.
 std::vector<std::vector<float>> run(const Recipe& recipe, Device device, const Tensor& x, const Tensor& w,
-                                    const Tensor& dy) {
+                                    const Tensor& dy, bool bf16_grad = false, int backwards = 1) {
   const DType dtype = device == Device::cuda ? DType::bf16 : DType::f32;
   HaloLinear layer(x.size(1), w.size(0), true, recipe, device, dtype, 7);
+  if (bf16_grad && device == Device::cuda) layer.set_weight_grad_dtype(DType::bf16);
   layer.weight = w.to(dtype).to(device);
   layer.bias = layer.bias.to(Device::cpu).to(DType::bf16).to(dtype).to(device);
   LinearSaved saved;
   const Tensor y = layer.forward(x.to(dtype).to(device), &saved);
-  const Tensor dx = layer.backward(dy.to(dtype).to(device), saved);
+  Tensor dx;
+  for (int i = 0; i < backwards; ++i) dx = layer.backward(dy.to(dtype).to(device), saved);
   return {y.to_floats(), dx.to_floats(), layer.weight_grad().to_floats(), layer.bias_grad().to_floats()};
 }
 
@@ -46,14 +52,20 @@ std::vector<CheckResult> linear_cuda_checks(bool full) {
                            "halo0-fp8",  "halo1-fp8",       "halo2-fp8",        "ideal-int8",
                            "ideal-fp8",  "halo1-int8+row",  "halo2-fp8+1x128",  "halo1-fp8+128x128+e5m2",
                            "halo2-fp8+sr", "halo1-fp8+sim"};
+  // bf16 weight gradients (HaloLinear::set_weight_grad_dtype), two backward
+  // calls adding up: one more bf16 rounding of dW (2^-9 relative at most).
+  const char* bf16_grad_recipes[] = {"bf16", "halo1-fp8", "halo2-int8"};
   for (const Case& c : cases) {
     const Tensor x = random_input(c.m, c.k, 1, true), w = random_input(c.n, c.k, 2, true);
     const Tensor dy = random_input(c.m, c.n, 3, false);
-    for (const char* name : recipes) {
+    std::vector<std::pair<const char*, bool>> runs;
+    for (const char* name : recipes) runs.emplace_back(name, false);
+    for (const char* name : bf16_grad_recipes) runs.emplace_back(name, true);
+    for (const auto& [name, bf16_grad] : runs) {
       const Recipe r = parse_recipe(name);
       CheckResult res;
-      res.name = std::string("linear ") + name + " " + std::to_string(c.m) + "x" + std::to_string(c.n) + "x" +
-                 std::to_string(c.k);
+      res.name = std::string("linear ") + name + (bf16_grad ? " bf16-grad x2" : "") + " " + std::to_string(c.m) +
+                 "x" + std::to_string(c.n) + "x" + std::to_string(c.k);
       // The GPU keeps activations and outputs in bf16 (about 4e-3 relative
       // rounding per value, twice on rotated outputs); a few 8-bit codes may
       // land one step apart where bf16 and f32 rotations straddle a rounding
@@ -69,8 +81,9 @@ std::vector<CheckResult> linear_cuda_checks(bool full) {
       const double rne_tolerance = r.format == DType::e4m3 ? 2.5e-2 : 1.5e-2;
       res.tolerance = r.method == Method::ideal ? 1e30 : r.stochastic_grad ? 1.5 * rne_tolerance : rne_tolerance;
       try {
-        const auto gpu = run(r, Device::cuda, x, w, dy);
-        const auto cpu = run(r, Device::cpu, x, w, dy);
+        const int backwards = bf16_grad ? 2 : 1;
+        const auto gpu = run(r, Device::cuda, x, w, dy, bf16_grad, backwards);
+        const auto cpu = run(r, Device::cpu, x, w, dy, false, backwards);
         const char* what[] = {"Y", "dX", "dW", "db"};
         for (int i = 0; i < 4; ++i) {
           const double e = relative_error(gpu[i], cpu[i]);

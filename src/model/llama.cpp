@@ -5,7 +5,8 @@
 // Names below: N = rows * T tokens, d = hidden_size, Hq / Hkv query / kv
 // heads of D = head_dim, F = intermediate_size, V = vocab_size, QKV = (Hq +
 // 2 Hkv) D. "act" is the activation dtype (options.dtype: f32 on the CPU, bf16
-// on the GPU); gradients of parameters are f32.
+// on the GPU); gradients of parameters are f32 (ModelOptions::grad_dtype: the
+// linears' weight gradients may be bf16 on the GPU).
 #include "model/llama.h"
 
 #include <algorithm>
@@ -290,6 +291,12 @@ LlamaModel::Impl::Impl(const ModelConfig& config, const ModelOptions& options) :
     embed_rows = Tensor::zeros({V}, DType::i8, dev);
     values["lm_head.weight"] = lm_head->weight;
   }
+  HALO_CHECK(opt.grad_dtype == DType::f32 || (opt.grad_dtype == DType::bf16 && dev == Device::cuda),
+             "LlamaModel: gradients can be f32, or bf16 on the GPU; got ", dtype_name(opt.grad_dtype), " on ",
+             device_name(dev));
+  if (opt.grad_dtype != DType::f32)
+    for (HaloLinear* lin : linears())
+      if (lin != lm_head.get() || !c.tie_word_embeddings) lin->set_weight_grad_dtype(opt.grad_dtype);
   const std::vector<double> f = rope_inv_freq(c);
   Tensor h = Tensor::empty({D / 2}, DType::f32);
   for (int64_t i = 0; i < D / 2; ++i) h.data_as<float>()[i] = static_cast<float>(f[i]);
@@ -669,7 +676,8 @@ LlamaWeights LlamaModel::weights() const {
 // Bytes, from the shapes (a = bytes per activation element; N = rows * T):
 //   weights      every parameter in `dtype`, plus for each 8-bit linear its cached
 //                Q(W~) and Q(W~)^T (one byte per element each, scales neglected)
-//   gradients    4 bytes per parameter element (a tied embedding counts once)
+//   gradients    4 bytes per parameter element (a tied embedding counts once), 2 for
+//                the weights of linears with bf16 gradients
 //   activations  per block, what BlockSaved holds:
 //                  x, x_mid: 2 N d a;   q, k, v: N QKV a;   attention out: N Hq D a;
 //                  gate|up out: 2 N F a;   rstd1, rstd2: 8 N;   lse: 4 N Hq;
@@ -694,8 +702,11 @@ ModelMemory LlamaModel::memory(int64_t rows, int64_t seq_len) const {
     mem.weights += held(t.numel() * a);
     mem.gradients += held(t.numel() * 4);
   }
-  for (const HaloLinear* lin : m.linears())
-    if (lin->recipe().quantized()) mem.weights += 2 * held(lin->weight.numel());
+  for (const HaloLinear* lin : m.linears()) {
+    const int64_t n = lin->weight.numel();
+    if (lin->recipe().quantized()) mem.weights += 2 * held(n);
+    if (lin->weight_grad_dtype() == DType::bf16) mem.gradients -= held(n * 4) - held(n * 2);
+  }
 
   const bool q8 = m.opt.recipe.quantized(), split = separate_qkv(m.opt.recipe);
   const int64_t saved_in = q8 ? 1 : a;

@@ -37,12 +37,16 @@ struct ModelOptions {
   bool recompute = false;    // keep only each block's input; recompute the rest in backward
   int64_t lm_head_chunk = 0; // tokens per LM-head chunk; 0: chosen from the vocabulary size
   uint64_t seed = 0;         // stochastic rounding streams of the HALO linears
+  // The linears' weight gradients (block linears and an untied LM head): f32, or
+  // bf16 on the GPU (as PyTorch keeps them with bf16 weights). Norm weights,
+  // biases and the embedding keep f32 gradients.
+  DType grad_dtype = DType::f32;
 };
 
 // Device memory the model itself holds during a training step, in bytes.
 struct ModelMemory {
   int64_t weights = 0;      // what the forward reads (incl. the cached 8-bit weights)
-  int64_t gradients = 0;    // f32 gradients
+  int64_t gradients = 0;    // gradients (f32; bf16 where ModelOptions::grad_dtype says)
   int64_t activations = 0;  // saved for the backward, at the peak (all blocks, or one with recompute)
   int64_t workspace = 0;    // transient buffers at the peak (LM-head chunk, GEMM scratch)
 };

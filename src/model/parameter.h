@@ -17,9 +17,9 @@ struct Parameter {
   // The tensor the forward reads: f32 on the CPU, bf16 on the GPU. The
   // optimizer keeps an f32 master copy when it is bf16 and the run asks for one.
   Tensor value;
-  // The gradient, f32, the shape of `value`, summed over the micro-batches since
-  // the model's zero_grad(). Called once per optimizer step (it may compute it,
-  // e.g. rotate a HALO linear's gradient back).
+  // The gradient, f32 (or bf16: ModelOptions::grad_dtype), the shape of `value`,
+  // summed over the micro-batches since the model's zero_grad(). Called once per
+  // optimizer step (it may compute it, e.g. rotate a HALO linear's gradient back).
   std::function<Tensor()> grad;
   // Called after the optimizer has written `value` (a HALO linear then
   // re-quantizes its weight on next use). May be empty.

@@ -60,7 +60,8 @@ Tensor Optimizer::step(float lr, float max_norm) {
     Tensor g = p.rotated_grad ? p.rotated_grad() : p.grad();
     HALO_CHECK(g.defined() && g.numel() == p.value.numel(), "Optimizer: gradient of '", p.name, "' is ",
                g.defined() ? g.describe() : "undefined", ", the value is ", p.value.describe());
-    check_dtype(g, DType::f32, "Optimizer gradient");
+    HALO_CHECK(g.dtype() == DType::f32 || g.dtype() == DType::bf16, "Optimizer: gradient of '", p.name,
+               "' must be f32 or bf16, got ", g.describe());
     check_same_device(p.value, g, "Optimizer gradient");
     grads.push_back(std::move(g));
     grad_rows.push_back(p.grad_rows ? p.grad_rows() : Tensor());

@@ -56,6 +56,7 @@ const std::vector<Key>& keys() {
       {"eps", &TrainConfig::eps},
       {"grad_clip", &TrainConfig::grad_clip},
       {"master_weights", &TrainConfig::master_weights},
+      {"grad_dtype", &TrainConfig::grad_dtype},
       {"stochastic_rounding", &TrainConfig::stochastic_rounding},
       {"recompute", &TrainConfig::recompute},
       {"eval_interval", &TrainConfig::eval_interval},
@@ -158,6 +159,8 @@ std::string key_problem(const TrainConfig& c, std::string_view name) {
   if (name == "grad_clip") return non_negative(c.grad_clip);
   if (name == "master_weights")
     return one_of(c.master_weights, {"fp32", "bf16"}) ? "" : "must be fp32 or bf16, got '" + c.master_weights + "'";
+  if (name == "grad_dtype")
+    return one_of(c.grad_dtype, {"f32", "bf16"}) ? "" : "must be f32 or bf16, got '" + c.grad_dtype + "'";
   if (name == "eval_interval") return at_least(c.eval_interval, 0);
   if (name == "eval_batches") return at_least(c.eval_batches, 0);
   if (name == "eval_metric")

@@ -33,6 +33,7 @@
 //   beta1, beta2, eps                                     0.9, 0.999, 1e-8
 //   grad_clip       max global gradient norm (0: off)     1.0
 //   master_weights  "fp32" (f32 master copy) | "bf16"     "fp32"
+//   grad_dtype      the linears' weight gradients: "f32" | "bf16" (GPU only)   "f32"
 //   stochastic_rounding  bf16 master weights rounded stochastically   false
 //   recompute       recompute activations in backward     false
 //   eval_interval   steps between evaluations (0: at the end only)   0
@@ -84,6 +85,7 @@ struct TrainConfig {
   double eps = 1e-8;
   double grad_clip = 1.0;
   std::string master_weights = "fp32";
+  std::string grad_dtype = "f32";
   bool stochastic_rounding = false;
   bool recompute = false;
   int64_t eval_interval = 0;

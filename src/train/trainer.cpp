@@ -358,6 +358,9 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   mo.dtype = device == Device::cuda ? DType::bf16 : DType::f32;
   mo.recompute = config.recompute;
   mo.seed = seed;
+  HALO_CHECK(config.grad_dtype == "f32" || device == Device::cuda, "config: grad_dtype = \"", config.grad_dtype,
+             "\" runs on the GPU only (the CPU computes in f32); use \"f32\"");
+  mo.grad_dtype = config.grad_dtype == "bf16" ? DType::bf16 : DType::f32;
   OptimizerOptions oo;
   oo.beta1 = static_cast<float>(config.beta1);
   oo.beta2 = static_cast<float>(config.beta2);
