@@ -32,8 +32,10 @@
 #   HF_ARGS      more flags for bench_hf.py (e.g. --compile)
 #   HALO_ARGS    more flags for halo bench train
 #   MASTER_WEIGHTS  halo's optimizer settings, comma-separated (default fp32): fp32
-#                (f32 master weights) and/or bf16 (bf16 weights and AdamW states, as
-#                transformers keeps them; those rows are named RECIPE/bf16-states)
+#                (f32 master weights, f32 gradients), bf16 (bf16 weights and AdamW
+#                states; rows named RECIPE/bf16-states) and/or bf16-grads (bf16
+#                weights, AdamW states and weight gradients, all as transformers
+#                keeps them; rows named RECIPE/bf16-grads)
 #   RUN_TIMEOUT  seconds each command may run (default 240; 0: no limit)
 #   PYTHON       python interpreter (default python3)
 # Exit status: 0 when every run gave a result, 1 otherwise.
@@ -265,16 +267,19 @@ for cfg in "${configs[@]}"; do
   IFS=, read -r -a masters <<< "$master_weights"
   for master in "${masters[@]}"; do
     echo "== $shape: halo, $master master weights" >&2
+    case $master in
+      bf16-grads) optim=(--master-weights bf16 --grad-dtype bf16) suffix=/bf16-grads ;;
+      bf16) optim=(--master-weights bf16) suffix=/bf16-states ;;
+      *) optim=(--master-weights "$master") suffix="" ;;
+    esac
     if [ -x "$halo" ]; then
       run "$halo" bench train --config "$cfg" --recipe "$recipes" --batch "$batch" --seq-len "$seq_len" \
-        --master-weights "$master" --json ${halo_extra[@]+"${halo_extra[@]}"}
+        "${optim[@]}" --json ${halo_extra[@]+"${halo_extra[@]}"}
       rc=$?
     else
       echo "halo binary not found or not executable: $halo (set HALO_BIN)" | tee "$tmp" >&2
       rc=127
     fi
-    suffix=""
-    [ "$master" = fp32 ] || suffix="/$master-states"
     "$py" -c "$PY" ingest "$shape" halo "$rc" "$tmp" "$jsonl" halo "$recipes" "$suffix"
   done
 

@@ -6,6 +6,7 @@
 #   scripts/profile_train.sh CONFIG [RECIPE ...]     (default recipe bf16)
 #
 # Environment: HALO_BIN [gpu-bin/halo, else build/halo], BATCH [4], SEQ_LEN [2048],
+# HALO_ARGS [none: more `halo bench train` options, e.g. --master-weights bf16],
 # OUT [gpu-logs]: writes profile-RECIPE.csv (ncu's raw rows) and prints the
 # table: kernel, calls, total ms, share of the step. Kernels run one at a time
 # under ncu (no overlap), with the clocks and caches left alone.
@@ -26,7 +27,7 @@ for recipe in "${recipes[@]}"; do
   ncu --profile-from-start off --clock-control none --cache-control none --metrics gpu__time_duration.sum \
     --csv --page raw --print-units base --log-file "$csv" \
     "$halo" bench train --config "$config" --recipe "$recipe" --batch "${BATCH:-4}" --seq-len "${SEQ_LEN:-2048}" \
-    --steps 1 --warmup 2 >/dev/null || { echo "profile_train: $recipe failed"; status=1; continue; }
+    --steps 1 --warmup 2 ${HALO_ARGS:-} >/dev/null || { echo "profile_train: $recipe failed"; status=1; continue; }
   python3 - "$csv" "$recipe" "$config" <<'EOF' || status=1
 import csv, re, sys
 from collections import defaultdict
