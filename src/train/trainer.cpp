@@ -199,7 +199,7 @@ std::string export_final(const std::string& out, const std::string& ckpt) {
 
 // Prints the planned memory of one step by category; returns the total.
 int64_t print_memory(const std::function<void(const std::string&)>& say, const ModelMemory& mm,
-                     const OptimizerMemory& om, Device device, bool recompute, bool quantized) {
+                     const OptimizerMemory& om, Device device, bool recompute, bool quantized, bool bf16_grads) {
   const int64_t total = mm.weights + om.master + om.states + mm.gradients + mm.activations + mm.workspace;
   say(std::string("memory on ") + std::string(device_name(device)) + ", planned for one step:");
   const auto row = [&](const char* what, int64_t bytes, const std::string& note = "") {
@@ -208,7 +208,7 @@ int64_t print_memory(const std::function<void(const std::string&)>& say, const M
   row("weights", mm.weights, quantized ? "  (incl. the cached 8-bit weights)" : "");
   row("master weights", om.master, om.master ? "  (f32)" : "  (none: f32 values updated in place)");
   row("optimizer states", om.states, "  (AdamW m, v)");
-  row("gradients", mm.gradients, "  (f32)");
+  row("gradients", mm.gradients, bf16_grads ? "  (bf16 for the linears' weights, f32 for the rest)" : "  (f32)");
   row("activations", mm.activations, recompute ? "  (recompute: one block's)" : "  (saved for the backward)");
   row("workspace", mm.workspace);
   row("total", total);
@@ -386,7 +386,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   } catch (const Error& e) {
     if (std::string(e.what()).find("out of GPU memory") == std::string::npos) throw;
     HALO_FAIL("not enough GPU memory for the model and its optimizer state: ", e.what(),
-              "; try master_weights = \"bf16\" or a smaller model");
+              "; try master_weights = \"bf16\" (and grad_dtype = \"bf16\") or a smaller model");
   }
   LlamaModel& model = *model_ptr;
   Optimizer& optimizer = *opt_ptr;
@@ -410,7 +410,8 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
 
   // ---- memory: print the plan, refuse a step the GPU cannot hold ---------------------------
   const int64_t planned = print_memory(say, model.memory(config.batch, config.seq_len), optimizer.memory(), device,
-                                       config.recompute, mo.recipe.quantized() || mo.lm_head_recipe.quantized());
+                                       config.recompute, mo.recipe.quantized() || mo.lm_head_recipe.quantized(),
+                                       mo.grad_dtype == DType::bf16);
   if (device == Device::cuda) {
     const int64_t free_b = gpu_free_bytes();
     const int64_t held = static_cast<int64_t>(device_memory_stats().reserved);  // already ours, reusable
@@ -421,7 +422,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
                  format_bytes(static_cast<double>(planned)), " (breakdown above) but ",
                  format_bytes(static_cast<double>(free_b + held)),
                  " are available; try recompute = true, a smaller batch or seq_len (with grad_accum for the same "
-                 "tokens per step), or master_weights = \"bf16\"");
+                 "tokens per step), or master_weights = \"bf16\" and grad_dtype = \"bf16\"");
     }
   }
 
