@@ -100,8 +100,8 @@ int bench_train(const std::vector<std::string>& argv) {
   optimizer_options.master_weights = parse_master_weights(args.get("master-weights", "fp32"));
   const char* master_name = optimizer_options.master_weights == MasterWeights::fp32 ? "f32" : "bf16";
   const std::string grad_dtype = args.get("grad-dtype", "f32");
-  HALO_CHECK(grad_dtype == "f32" || (grad_dtype == "bf16" && gpu), "--grad-dtype: expected f32, or bf16 on the GPU; got '",
-             grad_dtype, "' on ", device_arg);
+  HALO_CHECK(grad_dtype == "f32" || (grad_dtype == "bf16" && gpu),
+             "--grad-dtype: expected f32, or bf16 on the GPU; got '", grad_dtype, "' on ", device_arg);
   HALO_CHECK(batch > 0 && seq_len > 0, "--batch and --seq-len must be positive");
   HALO_CHECK(steps > 0 && warmup >= 0, "--steps must be positive and --warmup non-negative");
 
@@ -171,7 +171,8 @@ int bench_train(const std::vector<std::string>& argv) {
     if (json) {
       std::printf(
           "{\"recipe\": \"%s\", \"device\": \"%s\", \"batch\": %lld, \"seq_len\": %lld, \"recompute\": %s, "
-          "\"master_weights\": \"%s\", \"grad_dtype\": \"%s\", \"step_ms\": %.6g, \"tokens_per_s\": %.6g, \"mfu\": %s, \"peak_mem_bytes\": %s}\n",
+          "\"master_weights\": \"%s\", \"grad_dtype\": \"%s\", \"step_ms\": %.6g, \"tokens_per_s\": %.6g, "
+          "\"mfu\": %s, \"peak_mem_bytes\": %s}\n",
           row.recipe.c_str(), device_arg.c_str(), static_cast<long long>(batch), static_cast<long long>(seq_len),
           recompute ? "true" : "false", master_name, grad_dtype.c_str(), row.step_ms, row.tokens_per_s,
           row.mfu >= 0 ? std::to_string(row.mfu).c_str() : "null",

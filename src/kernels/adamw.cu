@@ -15,9 +15,10 @@
 // the same function the CPU runs. The gradient scale is read from device memory
 // by every thread (one broadcast load); a non-finite scale returns at once.
 // Bytes per element: FP32 master 4+4 (p) + 4 (g) + 8 + 8 (m, v) + 2 (bf16 copy)
-// = 30; BF16 16 (14 with a bf16 gradient). Launch: 256 threads, at most 4 blocks per SM (64 registers per
-// thread; 1024 threads x 5 to 8 loads of 16 bytes in flight per SM is several
-// times what it takes to cover HBM latency). Stochastic rounding costs one
+// = 30; BF16 16 (14 with a bf16 gradient). Launch: 256 threads, at most 4
+// blocks per SM (64 registers per thread; 1024 threads x 5 to 8 loads of 16
+// bytes in flight per SM is several times what it takes to cover HBM
+// latency). Stochastic rounding costs one
 // Philox4x32-10 call per element (~100 integer instructions): with ~50 more for
 // the update, BF16+SR sits near the balance of issue rate and HBM bandwidth on
 // an H100; the other modes are memory-bound with room to spare.
@@ -349,8 +350,7 @@ void launch_adamw(const AdamWParam& t, const G* g, const AdamWScalars& k, const 
   };
   if (t.param.dtype() == DType::f32) {
     run(t.param.data_as<float>(), t.m.data_as<float>(), t.v.data_as<float>(), std::false_type{});
-  } else {
-    pb = nullptr;
+  } else {  // no bf16 copy (check_adamw)
     uint16_t* p = t.param.data_as<uint16_t>();
     uint16_t* m = t.m.data_as<uint16_t>();
     uint16_t* v = t.v.data_as<uint16_t>();

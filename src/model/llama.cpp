@@ -291,10 +291,7 @@ LlamaModel::Impl::Impl(const ModelConfig& config, const ModelOptions& options) :
     embed_rows = Tensor::zeros({V}, DType::i8, dev);
     values["lm_head.weight"] = lm_head->weight;
   }
-  HALO_CHECK(opt.grad_dtype == DType::f32 || (opt.grad_dtype == DType::bf16 && dev == Device::cuda),
-             "LlamaModel: gradients can be f32, or bf16 on the GPU; got ", dtype_name(opt.grad_dtype), " on ",
-             device_name(dev));
-  if (opt.grad_dtype != DType::f32)
+  if (opt.grad_dtype != DType::f32)  // HaloLinear refuses what it cannot hold
     for (HaloLinear* lin : linears())
       if (lin != lm_head.get() || !c.tie_word_embeddings) lin->set_weight_grad_dtype(opt.grad_dtype);
   const std::vector<double> f = rope_inv_freq(c);
