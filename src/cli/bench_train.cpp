@@ -139,7 +139,7 @@ int bench_train(const std::vector<std::string>& argv) {
       mo.dtype = gpu ? DType::bf16 : DType::f32;
       mo.recompute = recompute;
       mo.seed = seed;
-      mo.grad_dtype = grad_dtype == "bf16" ? DType::bf16 : DType::f32;
+      mo.grad_dtype = parse_dtype(grad_dtype);
       LlamaModel model(mc, mo);
       if (model_dir.empty())
         model.init_weights(seed);

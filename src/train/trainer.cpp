@@ -360,7 +360,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   mo.seed = seed;
   HALO_CHECK(config.grad_dtype == "f32" || device == Device::cuda, "config: grad_dtype = \"", config.grad_dtype,
              "\" runs on the GPU only (the CPU computes in f32); use \"f32\"");
-  mo.grad_dtype = config.grad_dtype == "bf16" ? DType::bf16 : DType::f32;
+  mo.grad_dtype = parse_dtype(config.grad_dtype);  // f32 or bf16: checked with the key
   OptimizerOptions oo;
   oo.beta1 = static_cast<float>(config.beta1);
   oo.beta2 = static_cast<float>(config.beta2);
