@@ -4,7 +4,9 @@
 // through shared memory (f32) and is rotated there by the block. The fast
 // kernel (hadamard_detail::rotate_rows_fast) fuses the first pass with the
 // global loads and the last step with the global stores; the general kernel
-// (odd sizes, misaligned views) uses hadamard_rotate_smem as is. Limit: d f32
+// (odd sizes, misaligned views) uses hadamard_rotate_smem as is. Rows of
+// d = 2048, 4096, 8192 (K = 1) and of 6144, 14336 take the S and P rotations of
+// hadamard.cuh (compile-time passes; S: several rows per block). Limit: d f32
 // values must fit in one block's shared memory (d <= ~56K on H100/A100,
 // ~25K on sm_89).
 //
@@ -138,6 +140,63 @@ __global__ void __launch_bounds__(hadamard_detail::kPThreads, 2)
   }
 }
 
+// Rows of d = 2048, 4096, 8192 with K = 1: the S rotation of hadamard.cuh (groups
+// of kSThreads / (d / 64) rows, persistent grid, bf16 rows prefetched), stored in
+// 8-element chunks in store order. R is symmetric there, so transpose changes
+// nothing. In place (x == y) works: a group's rows are read before they are
+// written, and only by the block that writes them.
+__device__ __forceinline__ void store8(float* p, float4 a, float4 b) {
+  reinterpret_cast<float4*>(p)[0] = a;
+  reinterpret_cast<float4*>(p)[1] = b;
+}
+__device__ __forceinline__ void store8(__nv_bfloat16* p, float4 a, float4 b) {
+  const __nv_bfloat162 h[4] = {__floats2bfloat162_rn(a.x, a.y), __floats2bfloat162_rn(a.z, a.w),
+                               __floats2bfloat162_rn(b.x, b.y), __floats2bfloat162_rn(b.z, b.w)};
+  *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(h);
+}
+
+template <int D, class In, class TO>
+__global__ void __launch_bounds__(hadamard_detail::kSThreads, 2)
+    rows_s_kernel(const In* x, TO* y, int64_t rows, float scale) {
+  extern __shared__ float4 smem_s[];
+  using S = hadamard_detail::SRot<D>;
+  constexpr bool kPre = sizeof(In) == 2;
+  const int t = static_cast<int>(threadIdx.x), w = t / S::T, lt = t % S::T;
+  const int64_t groups = (rows + S::Q - 1) / S::Q;
+  float* s = reinterpret_cast<float*>(smem_s) + w * D;
+  uint16_t* raw = reinterpret_cast<uint16_t*>(reinterpret_cast<unsigned char*>(smem_s) + hadamard_detail::kSRotBytes);
+  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x);
+  if constexpr (kPre)
+    if (blockIdx.x < groups) hadamard_detail::s_prefetch<D>(x16, rows, blockIdx.x, raw);
+  for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
+    const int64_t r = g * S::Q + w;
+    if constexpr (kPre) hadamard_detail::cp_async_wait_all();
+    __syncthreads();  // the prefetched rows have arrived, s is free
+    if (r < rows) hadamard_detail::s_pass_a<D>(x + r * D, kPre ? raw + w * D : nullptr, s, lt);
+    __syncthreads();  // s written, raw free
+    if constexpr (kPre)
+      if (g + gridDim.x < groups) hadamard_detail::s_prefetch<D>(x16, rows, g + gridDim.x, raw);
+    if (r < rows) {
+      float v[64];
+      hadamard_detail::s_pass_b<D>(s, lt, v);
+      if constexpr (S::T == 128) __syncwarp();  // the neighbour has read this thread's part
+#pragma unroll
+      for (int j = 0; j < 64; ++j) v[j] *= scale;
+      hadamard_detail::s_put64(s, lt, v);
+    }
+    __syncthreads();  // the whole row is back in s
+    if (r < rows) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int c = lt + S::T * k;
+        float4 a, b;
+        hadamard_detail::s_chunk8(s, c, a, b);
+        store8(y + r * D + 8 * c, a, b);
+      }
+    }
+  }
+}
+
 int max_smem_per_block() {
   int dev = 0, bytes = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -163,6 +222,21 @@ void launch_rows(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool t
       const size_t smem = hadamard_detail::p_smem_bytes(n);
       const int64_t grid = std::min(rows, resident_blocks(kernel, hadamard_detail::kPThreads, smem));
       kernel<<<static_cast<unsigned>(grid), hadamard_detail::kPThreads, smem, current_stream()>>>(
+          reinterpret_cast<const In*>(x.data()), static_cast<TO*>(y.data()), rows, p.scale);
+      CUDA_CHECK_LAUNCH();
+    });
+    return;
+  }
+  if (p.k == 1 && p.block == p.dim && hadamard_s_width(p.dim) && aligned16(x.data()) && aligned16(y.data()) &&
+      rows > 0) {
+    using In = std::conditional_t<std::is_same_v<TI, float>, float, uint16_t>;  // bf16 as its bits
+    hadamard_detail::dispatch_s_width(p.dim, [&](auto d) {
+      auto kernel = rows_s_kernel<decltype(d)::value, In, TO>;
+      const size_t smem = hadamard_detail::s_smem_bytes(sizeof(In));
+      const int64_t groups = (rows + hadamard_detail::SRot<decltype(d)::value>::Q - 1) /
+                             hadamard_detail::SRot<decltype(d)::value>::Q;
+      const int64_t grid = std::min(groups, resident_blocks(kernel, hadamard_detail::kSThreads, smem));
+      kernel<<<static_cast<unsigned>(grid), hadamard_detail::kSThreads, smem, current_stream()>>>(
           reinterpret_cast<const In*>(x.data()), static_cast<TO*>(y.data()), rows, p.scale);
       CUDA_CHECK_LAUNCH();
     });

@@ -473,9 +473,11 @@ __device__ __forceinline__ void cols_kmix_block(const TI* x, TO* y, int64_t cols
 // both sides bank-conflict free) and no index arithmetic per element. A block's
 // rows hold kSThreads * 64 elements for every d: kSRotBytes of f32, and for bf16
 // inputs as much again of raw rows, prefetched (cp.async) while the current
-// ones are rotated. Used fused with quantization (quantize.cu), where it halves
-// the time of d = 2048; a plain row kernel built on it (bf16 in and out) ran at
-// 48-56% of the copy bandwidth on an H100 against 66-78% for hadamard.cu's.
+// ones are rotated. Pass B's values go back to the thread's own part of s
+// (s_put64). Stores must not be the thread's own 64 contiguous values (a warp's
+// store instruction then fills 8 or 16 bytes of every 32-byte sector): the row
+// kernel (hadamard.cu) reads the whole row back in store order (s_chunk8), the
+// quantizer (quantize.cu) stages each warp's codes.
 constexpr int kSThreads = 256;
 constexpr int kSElems = kSThreads * 64;
 constexpr size_t kSRotBytes = static_cast<size_t>(kSElems) * 4;
@@ -581,6 +583,23 @@ __device__ __forceinline__ void s_pass_b(const float* s, int lt, float (&v)[64])
     }
   }
   wht_regs<64>(v, SRot<D>::kLowBits);
+}
+
+// The thread's 64 values (pass B's v, scaled) back to its own part of s; with
+// T = 128 only after the neighbour has read them (__syncwarp after s_pass_b).
+__device__ __forceinline__ void s_put64(float* s, int lt, const float (&v)[64]) {
+#pragma unroll
+  for (int q = 0; q < 16; ++q)
+    *reinterpret_cast<float4*>(s + 64 * lt + 4 * (q ^ (lt & 7))) =
+        make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+}
+
+// Elements 8 c .. 8 c + 7 of a row that s_put64 wrote (all its threads: sync first).
+// Lanes reading consecutive c are free of bank conflicts.
+__device__ __forceinline__ void s_chunk8(const float* s, int c, float4& a, float4& b) {
+  const int o = c / 8, q = 2 * (c % 8);
+  a = *reinterpret_cast<const float4*>(s + 64 * o + 4 * (q ^ (o & 7)));
+  b = *reinterpret_cast<const float4*>(s + 64 * o + 4 * ((q + 1) ^ (o & 7)));
 }
 
 // ---- the P rotation: rows of d = 2N x 512 (H_{2N} Paley II over a prime q = N - 1,

@@ -949,26 +949,33 @@ __device__ __forceinline__ void vec_codes_any(const Params& p, int64_t r, int64_
 }
 
 // The S rotation's codes (out's only: the host sends the transposed copy's own
-// groups to quantize_kernel) of row r from s_row, the row's scaled values in pass
-// B's layout (element 64 o + i at 64 o + 4 ((i / 4) ^ (o & 7)) + i % 4, written by
-// all T threads of the row). Thread lt codes the 8-element chunks c = lt + T k, so
-// that a warp's stores are 256 contiguous bytes (each thread coding its own 64
-// elements left 8 of every 32-byte sector per store); the reads stay free of bank
-// conflicts. mo: the row's multiplier, or the groups' (p.mul_o) when not uniform.
-template <DType D, bool kSR, int T>
-__device__ __forceinline__ void rot_codes(const Params& p, int64_t r, const float* s_row, int lt, bool uniform,
-                                          float m) {
+// groups to quantize_kernel): elements c0 = 64 lt.. of row r, scaled, from the
+// thread's own part of s (s_put64's layout), multiplier mo. The thread's 64 codes
+// are staged in the start of its own part and the warp stores its 2048 contiguous
+// bytes in 256-byte rows (each thread storing its own codes left 8 of every
+// 32-byte sector per store instruction); only the warp syncs.
+template <DType D, bool kSR>
+__device__ __forceinline__ void rot_codes(const Params& p, int64_t r, int64_t c0, float* s, int lt, float mo) {
+  const int64_t i = r * p.C + c0;
+  uint2 codes[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
-    const int c = lt + T * k, o = c / 8, q = 2 * (c % 8);
-    const float* so = s_row + 64 * o;
-    const float4 a = *reinterpret_cast<const float4*>(so + 4 * (q ^ (o & 7)));
-    const float4 b = *reinterpret_cast<const float4*>(so + 4 * ((q + 1) ^ (o & 7)));
-    const int64_t c0 = 8 * static_cast<int64_t>(c), i = r * p.C + c0;
-    const float mo = uniform ? m : p.mul_o[scale_index(p.g, r, c0, p.R, p.C)];  // 8 columns: one group
+    const float4 a = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * ((2 * k) ^ (lt & 7)));
+    const float4 b = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * ((2 * k + 1) ^ (lt & 7)));
     float y[8] = {__fmul_rn(a.x, mo), __fmul_rn(a.y, mo), __fmul_rn(a.z, mo), __fmul_rn(a.w, mo),
                   __fmul_rn(b.x, mo), __fmul_rn(b.y, mo), __fmul_rn(b.z, mo), __fmul_rn(b.w, mo)};
-    *reinterpret_cast<uint2*>(p.q_o + i) = encode8<D>(y, kSR, p.seed, p.stream, i);
+    codes[k] = encode8<D>(y, kSR, p.seed, p.stream, i + 8 * k);
+  }
+  uint4* own = reinterpret_cast<uint4*>(s + 64 * lt);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) own[k] = make_uint4(codes[2 * k].x, codes[2 * k].y, codes[2 * k + 1].x, codes[2 * k + 1].y);
+  __syncwarp();
+  const int lane = lt & 31, w0 = lt - lane;  // the warp's first thread of the row
+  uint8_t* dst = p.q_o + r * p.C + 64 * w0 + 8 * lane;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {  // bytes 256 k + 8 lane of the warp's 2048: thread w0 + 4 k + lane / 8's codes
+    const int src = w0 + 4 * k + lane / 8;
+    *reinterpret_cast<uint2*>(dst + 256 * k) = reinterpret_cast<const uint2*>(s + 64 * src)[lane % 8];
   }
 }
 
@@ -1011,7 +1018,7 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
         if (next < nq) s_prefetch<kRotD>(x16, R, nq - 1 - next, raw);
       // Pass B; the thread's 64 scaled values go back to its own 64 floats of s (once
       // the neighbour of d = 8192 has read them), so that they need no registers
-      // across the row maximum; the codes are made from s in store order.
+      // across the row maximum and the codes.
       uint32_t a = 0;
       if (valid) {
         float v[64];
@@ -1022,10 +1029,7 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
           v[j] *= p.plan.scale;
           a = max(a, abs_bits(v[j]));
         }
-#pragma unroll
-        for (int q = 0; q < 16; ++q)
-          *reinterpret_cast<float4*>(s + 64 * lt + 4 * (q ^ (lt & 7))) =
-              make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+        hadamard_detail::s_put64(s, lt, v);
       }
       float m = m_all;
       if (p.row_max) {
@@ -1033,12 +1037,13 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
         m = quant_multiplier(amax, p.qmax);
         if (valid && lt == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
       }
-      __syncthreads();  // the whole row is back in s
       if (valid && p.q_o) {
+        const int64_t c0 = 64 * lt;
+        const float mo = uniform ? m : p.mul_o[scale_index(g, r, c0, R, C)];  // 64 columns: one group
         switch (p.dtype) {
-          case DType::i8: rot_codes<DType::i8, kSR, kT>(p, r, s, lt, uniform, m); break;
-          case DType::e4m3: rot_codes<DType::e4m3, kSR, kT>(p, r, s, lt, uniform, m); break;
-          default: rot_codes<DType::e5m2, kSR, kT>(p, r, s, lt, uniform, m); break;
+          case DType::i8: rot_codes<DType::i8, kSR>(p, r, c0, s, lt, mo); break;
+          case DType::e4m3: rot_codes<DType::e4m3, kSR>(p, r, c0, s, lt, mo); break;
+          default: rot_codes<DType::e5m2, kSR>(p, r, c0, s, lt, mo); break;
         }
       }
     } else {
