@@ -968,7 +968,8 @@ __device__ __forceinline__ void rot_codes(const Params& p, int64_t r, int64_t c0
   }
   uint4* own = reinterpret_cast<uint4*>(s + 64 * lt);
 #pragma unroll
-  for (int k = 0; k < 4; ++k) own[k] = make_uint4(codes[2 * k].x, codes[2 * k].y, codes[2 * k + 1].x, codes[2 * k + 1].y);
+  for (int k = 0; k < 4; ++k)
+    own[k] = make_uint4(codes[2 * k].x, codes[2 * k].y, codes[2 * k + 1].x, codes[2 * k + 1].y);
   __syncwarp();
   const int lane = lt & 31, w0 = lt - lane;  // the warp's first thread of the row
   uint8_t* dst = p.q_o + r * p.C + 64 * w0 + 8 * lane;
