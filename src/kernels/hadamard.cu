@@ -160,22 +160,16 @@ __global__ void __launch_bounds__(hadamard_detail::kSThreads, 2)
     rows_s_kernel(const In* x, TO* y, int64_t rows, float scale) {
   extern __shared__ float4 smem_s[];
   using S = hadamard_detail::SRot<D>;
-  constexpr bool kPre = sizeof(In) == 2;
   const int t = static_cast<int>(threadIdx.x), w = t / S::T, lt = t % S::T;
   const int64_t groups = (rows + S::Q - 1) / S::Q;
   float* s = reinterpret_cast<float*>(smem_s) + w * D;
   uint16_t* raw = reinterpret_cast<uint16_t*>(reinterpret_cast<unsigned char*>(smem_s) + hadamard_detail::kSRotBytes);
-  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x);
-  if constexpr (kPre)
-    if (blockIdx.x < groups) hadamard_detail::s_prefetch<D>(x16, rows, blockIdx.x, raw);
+  if constexpr (sizeof(In) == 2)
+    if (blockIdx.x < groups)
+      hadamard_detail::s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), rows, blockIdx.x, raw);
   for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
     const int64_t r = g * S::Q + w;
-    if constexpr (kPre) hadamard_detail::cp_async_wait_all();
-    __syncthreads();  // the prefetched rows have arrived, s is free
-    if (r < rows) hadamard_detail::s_pass_a<D>(x + r * D, kPre ? raw + w * D : nullptr, s, lt);
-    __syncthreads();  // s written, raw free
-    if constexpr (kPre)
-      if (g + gridDim.x < groups) hadamard_detail::s_prefetch<D>(x16, rows, g + gridDim.x, raw);
+    hadamard_detail::s_group_pass_a<D>(x, rows, g, g + gridDim.x < groups ? g + gridDim.x : -1, s, raw, w, lt);
     if (r < rows) {
       float v[64];
       hadamard_detail::s_pass_b<D>(s, lt, v);
@@ -227,14 +221,13 @@ void launch_rows(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool t
     });
     return;
   }
-  if (p.k == 1 && p.block == p.dim && hadamard_s_width(p.dim) && aligned16(x.data()) && aligned16(y.data()) &&
-      rows > 0) {
+  if (const int d = hadamard_detail::s_width_of(p); d && aligned16(x.data()) && aligned16(y.data()) && rows > 0) {
     using In = std::conditional_t<std::is_same_v<TI, float>, float, uint16_t>;  // bf16 as its bits
-    hadamard_detail::dispatch_s_width(p.dim, [&](auto d) {
-      auto kernel = rows_s_kernel<decltype(d)::value, In, TO>;
+    hadamard_detail::dispatch_s_width(d, [&](auto width) {
+      constexpr int D = decltype(width)::value, Q = hadamard_detail::SRot<D>::Q;
+      auto kernel = rows_s_kernel<D, In, TO>;
       const size_t smem = hadamard_detail::s_smem_bytes(sizeof(In));
-      const int64_t groups = (rows + hadamard_detail::SRot<decltype(d)::value>::Q - 1) /
-                             hadamard_detail::SRot<decltype(d)::value>::Q;
+      const int64_t groups = (rows + Q - 1) / Q;
       const int64_t grid = std::min(groups, resident_blocks(kernel, hadamard_detail::kSThreads, smem));
       kernel<<<static_cast<unsigned>(grid), hadamard_detail::kSThreads, smem, current_stream()>>>(
           reinterpret_cast<const In*>(x.data()), static_cast<TO*>(y.data()), rows, p.scale);

@@ -508,6 +508,12 @@ __device__ __forceinline__ int s_addr_a(int lt, int j) {
   }
 }
 
+// Host side: d when rows of the plan take the S rotation (K = 1, the whole row, an
+// S width), else 0.
+inline int s_width_of(const HadamardDevicePlan& p) {
+  return p.k == 1 && p.block == p.dim && hadamard_s_width(p.dim) ? p.dim : 0;
+}
+
 // Host side: f(std::integral_constant<int, d>) for an S width d (hadamard_s_width).
 template <class F>
 void dispatch_s_width(int64_t d, F&& f) {
@@ -559,6 +565,22 @@ __device__ __forceinline__ void s_pass_a(const In* xr, const uint16_t* raw, floa
   wht_regs<64>(v, 6);
 #pragma unroll
   for (int j = 0; j < 64; ++j) s[s_addr_a<T>(lt, j)] = v[j];
+}
+
+// A group of rows through pass A (all threads of the block): waits for the group's
+// prefetched bf16 rows, rotates row w of group `group` (when there is one) into s,
+// then starts the prefetch of group `next` (when >= 0) into raw. Pass B follows.
+template <int D, class In>
+__device__ __forceinline__ void s_group_pass_a(const In* x, int64_t rows, int64_t group, int64_t next, float* s,
+                                               uint16_t* raw, int w, int lt) {
+  constexpr bool kPre = sizeof(In) == 2;
+  if constexpr (kPre) cp_async_wait_all();
+  __syncthreads();  // the prefetched rows have arrived, s is free
+  const int64_t r = group * SRot<D>::Q + w;
+  if (r < rows) s_pass_a<D>(x + r * D, kPre ? raw + w * D : nullptr, s, lt);
+  __syncthreads();  // s written, raw free
+  if constexpr (kPre)
+    if (next >= 0) s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), rows, next, raw);
 }
 
 // Pass B: v[j] = element 64 lt + j of the rotated row, not yet scaled. With

@@ -804,8 +804,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<G>()) quantize_kernel(Par
 // Unrotated row-major pass 2 with 8-vectors: 64 threads per row, four rows per block.
 // Rotated rows of d = 2048, 4096, 8192: the S rotation of hadamard.cuh, T = d / 64
 // threads per row, kThreads / T rows per block.
-using hadamard_detail::cp_async_wait_all;
-using hadamard_detail::s_pass_a;
+using hadamard_detail::s_group_pass_a;
 using hadamard_detail::s_pass_b;
 using hadamard_detail::s_prefetch;
 using hadamard_detail::SRot;
@@ -855,12 +854,7 @@ __global__ void __launch_bounds__(kThreads, 2) absmax_s_kernel(Params p) {
   uint32_t a = 0;
   for (int64_t quad = blockIdx.x; quad < nq; quad += gridDim.x) {
     const int64_t r = quad * S::Q + w;
-    if constexpr (kPre) cp_async_wait_all();
-    __syncthreads();  // raw has arrived, s is free
-    if (r < R) s_pass_a<D>(x + r * D, kPre ? raw + w * D : nullptr, s, lt);
-    __syncthreads();  // s written, raw free
-    if constexpr (kPre)
-      if (quad + gridDim.x < nq) s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), R, quad + gridDim.x, raw);
+    s_group_pass_a<D>(x, R, quad, quad + gridDim.x < nq ? quad + gridDim.x : -1, s, raw, w, lt);
     if (r < R) {
       float v[64];
       s_pass_b<D>(s, lt, v);
@@ -1001,22 +995,15 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
 
   constexpr bool kPre = kRot && sizeof(In) == 2;
   uint16_t* raw = reinterpret_cast<uint16_t*>(dyn_smem + kSRot);
-  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(p.x);
   int64_t item = blockIdx.x, next = item + grid;
   if constexpr (kPre)
-    if (item < nq) s_prefetch<kRotD>(x16, R, nq - 1 - item, raw);
+    if (item < nq) s_prefetch<kRotD>(reinterpret_cast<const uint16_t*>(x), R, nq - 1 - item, raw);
   while (item < nq) {
     const int64_t quad = nq - 1 - item, r = quad * kQ + w;
     const bool valid = r < R;
-    const In* xr = x + r * C;
-    if constexpr (kPre) cp_async_wait_all();
-    __syncthreads();  // shared memory is free, the prefetched rows have arrived
     if constexpr (kRot) {
       float* s = reinterpret_cast<float*>(dyn_smem) + w * kRotD;
-      if (valid) s_pass_a<kRotD>(xr, kPre ? raw + w * kRotD : nullptr, s, lt);
-      __syncthreads();
-      if constexpr (kPre)
-        if (next < nq) s_prefetch<kRotD>(x16, R, nq - 1 - next, raw);
+      s_group_pass_a<kRotD>(x, R, quad, next < nq ? nq - 1 - next : -1, s, raw, w, lt);
       // Pass B; the thread's 64 scaled values go back to its own 64 floats of s (once
       // the neighbour of d = 8192 has read them), so that they need no registers
       // across the row maximum and the codes.
@@ -1048,6 +1035,8 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
         }
       }
     } else {
+      __syncthreads();  // shared memory is free
+      const In* xr = x + r * C;
       constexpr int kNV = quad_nv<In>();
       const int64_t chunk = 8 * kRowThreads * kNV;
       const bool one_chunk = C <= chunk;
@@ -1383,7 +1372,6 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
       cfg.mode = kFast;
       cfg.G = C <= 16 * kThreads ? 1 : (C <= 32 * kThreads ? 2 : 4);
       cfg.regs = hp.k == 1 && seg256 && cfg.G <= 2 && !need_t && (tensor || row_onepass || !spec.scaled);
-      cfg.s = hadamard_s_width(C) && hp.k == 1 && hp.full() ? static_cast<int>(C) : 0;
       row_floats = static_cast<int64_t>(fast_bytes / 4);
     } else if (kmix_ok && static_cast<size_t>(pad4(C)) * 4 + tile_bytes <= limit) {
       cfg.mode = kGeneric;
@@ -1394,6 +1382,7 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
       src = &rotated;
     }
     if (cfg.mode != kDirect) p.plan = hadamard_device_plan(hp);
+    if (cfg.mode == kFast) cfg.s = hadamard_detail::s_width_of(p.plan);
     if (cfg.mode == kFast && x2.dtype() == DType::bf16 && !spec.stochastic) cfg.p = hadamard_detail::p_order_of(p.plan);
   }
   cfg.f32 = src->dtype() == DType::f32;
