@@ -140,11 +140,8 @@ __global__ void __launch_bounds__(hadamard_detail::kPThreads, 2)
   }
 }
 
-// Rows of d = 2048, 4096, 8192 with K = 1: the S rotation of hadamard.cuh (groups
-// of kSThreads / (d / 64) rows, persistent grid, bf16 rows prefetched), stored in
-// 8-element chunks in store order. R is symmetric there, so transpose changes
-// nothing. In place (x == y) works: a group's rows are read before they are
-// written, and only by the block that writes them.
+// Eight values at p (16-byte aligned) in one 16-byte store for bf16 (ElementIO's
+// store4 writes 8 bytes).
 __device__ __forceinline__ void store8(float* p, float4 a, float4 b) {
   reinterpret_cast<float4*>(p)[0] = a;
   reinterpret_cast<float4*>(p)[1] = b;
@@ -155,6 +152,11 @@ __device__ __forceinline__ void store8(__nv_bfloat16* p, float4 a, float4 b) {
   *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(h);
 }
 
+// Rows of d = 2048, 4096, 8192 with K = 1: the S rotation of hadamard.cuh (groups
+// of kSThreads / (d / 64) rows, persistent grid, bf16 rows prefetched), stored in
+// 8-element chunks in store order. R is symmetric there, so transpose changes
+// nothing. In place (x == y) works: a group's rows are read before they are
+// written, and only by the block that writes them.
 template <int D, class In, class TO>
 __global__ void __launch_bounds__(hadamard_detail::kSThreads, 2)
     rows_s_kernel(const In* x, TO* y, int64_t rows, float scale) {
