@@ -53,6 +53,7 @@
 #include "kernels/adamw.h"
 #include "kernels/hadamard.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/vec.cuh"
 
 namespace halo {
 
@@ -93,14 +94,14 @@ __device__ __forceinline__ void load8(const uint16_t* p, float (&v)[8]) {
   }
 }
 __device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
-  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  vec::store_global(p, make_float4(v[0], v[1], v[2], v[3]));
+  vec::store_global(p + 4, make_float4(v[4], v[5], v[6], v[7]));
 }
 __device__ __forceinline__ void store8(uint16_t* p, const uint16_t (&b)[8]) {
   uint32_t w[4];
 #pragma unroll
   for (int k = 0; k < 4; ++k) w[k] = static_cast<uint32_t>(b[2 * k]) | (static_cast<uint32_t>(b[2 * k + 1]) << 16);
-  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  vec::store_global(p, make_uint4(w[0], w[1], w[2], w[3]));
 }
 
 // Rounds one updated element of BF16 storage: stochastically or to nearest even.

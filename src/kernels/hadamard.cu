@@ -31,22 +31,13 @@
 #include "kernels/hadamard.cuh"
 #include "kernels/hadamard.h"
 #include "kernels/launch.cuh"
+#include "kernels/vec.cuh"
 
 namespace halo {
 namespace {
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using vec::from_f32;
+using vec::to_f32;
 
 }  // namespace
 
@@ -73,12 +64,8 @@ struct hadamard_detail::ElementIO<__nv_bfloat16> {
       }
     }
   }
-  static __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {  // p 8-byte aligned
-    const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-    uint2 u;
-    u.x = *reinterpret_cast<const uint32_t*>(&a);
-    u.y = *reinterpret_cast<const uint32_t*>(&b);
-    *reinterpret_cast<uint2*>(p) = u;
+  static __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {  // p 8-byte aligned: one 8-byte store
+    vec::store_global(p, make_uint2(vec::pack_bf16(v.x, v.y), vec::pack_bf16(v.z, v.w)));
   }
 };
 
@@ -143,13 +130,12 @@ __global__ void __launch_bounds__(hadamard_detail::kPThreads, 2)
 // Eight values at p (16-byte aligned) in one 16-byte store for bf16 (ElementIO's
 // store4 writes 8 bytes).
 __device__ __forceinline__ void store8(float* p, float4 a, float4 b) {
-  reinterpret_cast<float4*>(p)[0] = a;
-  reinterpret_cast<float4*>(p)[1] = b;
+  vec::store_global(p, a);
+  vec::store_global(p + 4, b);
 }
 __device__ __forceinline__ void store8(__nv_bfloat16* p, float4 a, float4 b) {
-  const __nv_bfloat162 h[4] = {__floats2bfloat162_rn(a.x, a.y), __floats2bfloat162_rn(a.z, a.w),
-                               __floats2bfloat162_rn(b.x, b.y), __floats2bfloat162_rn(b.z, b.w)};
-  *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(h);
+  vec::store_global(p, make_uint4(vec::pack_bf16(a.x, a.y), vec::pack_bf16(a.z, a.w), vec::pack_bf16(b.x, b.y),
+                                  vec::pack_bf16(b.z, b.w)));
 }
 
 // Rows of d = 2048, 4096, 8192 with K = 1: the S rotation of hadamard.cuh (groups

@@ -45,6 +45,7 @@
 #include <type_traits>
 
 #include "kernels/hadamard.h"
+#include "kernels/vec.cuh"
 
 namespace halo {
 
@@ -306,7 +307,7 @@ struct ElementIO<float> {
 #pragma unroll
     for (int q = 0; q < 4; ++q) v[4 * q] = r.q[q].x, v[4 * q + 1] = r.q[q].y, v[4 * q + 2] = r.q[q].z, v[4 * q + 3] = r.q[q].w;
   }
-  static __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+  static __device__ __forceinline__ void store4(float* p, float4 v) { vec::store_global(p, v); }  // global p
 };
 
 // Results to global memory (the row kernels' last step).

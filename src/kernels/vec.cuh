@@ -38,6 +38,24 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {  // lo: the 
          (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
 }
 
+// One 8- or 16-byte store to global memory (p aligned to the size), written in
+// PTX: in large unrolled kernels the compiler has split the C++ vector stores
+// (uint2, uint4, float4) into 4-byte ones, so that each 32-byte sector was
+// written in parts by several store instructions.
+__device__ __forceinline__ void store_global(void* p, uint2 v) {
+  asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(__cvta_generic_to_global(p)), "r"(v.x), "r"(v.y) : "memory");
+}
+__device__ __forceinline__ void store_global(void* p, uint4 v) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(__cvta_generic_to_global(p)), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ void store_global(void* p, float4 v) {
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(__cvta_generic_to_global(p)), "f"(v.x), "f"(v.y),
+               "f"(v.z), "f"(v.w)
+               : "memory");
+}
+
 // V elements of T in registers exactly as loaded (bf16 stays packed two per
 // word: half the registers of floats); c[j] unpacks element j (j a constant
 // after unrolling).
@@ -82,8 +100,8 @@ __device__ __forceinline__ void load(const T* p, float (&v)[V]) {
 template <int V>
 __device__ __forceinline__ void store(float* p, const float (&v)[V]) {
   if constexpr (V == 8) {
-    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+    store_global(p, make_float4(v[0], v[1], v[2], v[3]));
+    store_global(p + 4, make_float4(v[4], v[5], v[6], v[7]));
   } else {
 #pragma unroll
     for (int j = 0; j < V; ++j) p[j] = v[j];
@@ -93,8 +111,7 @@ __device__ __forceinline__ void store(float* p, const float (&v)[V]) {
 template <int V>
 __device__ __forceinline__ void store(bf16* p, const float (&v)[V]) {
   if constexpr (V == 8) {
-    *reinterpret_cast<uint4*>(p) =
-        make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
+    store_global(p, make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7])));
   } else {
 #pragma unroll
     for (int j = 0; j < V; ++j) p[j] = __float2bfloat16_rn(v[j]);
