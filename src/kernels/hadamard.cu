@@ -10,19 +10,24 @@
 // values must fit in one block's shared memory (d <= ~56K on H100/A100,
 // ~25K on sm_89).
 //
-// Columns (R^T x along the first dim, the token dimension): by chunks of
-// columns, transpose -> row kernel -> transpose back (exact moves, one
-// rounding). For d too long for the row kernel, the rotation is
+// Columns (R^T x along the first dim, the token dimension): for d = 1024 C
+// (C <= 16, K = 1) and 16-column strips on sm_90, one pass by clusters of C
+// blocks (cols_cluster_kernel). Otherwise by chunks of columns, transpose ->
+// row kernel -> transpose back (exact moves, one rounding). For d too long for the row kernel, the rotation is
 // split into passes over global memory, each applying one factor of
 // R = (H_K kron H_2^n) / sqrt(d) along the first dim for a tile of 32 columns:
 //   WHT passes: H over up to 8 bits of the row index (2^m rows with stride 2^lo),
 //   a K-mix pass (K > 1): H_K over the K rows {a P + b}.
 // With a bf16 output and more than one pass the intermediate values live in
 // an f32 workspace, so the result is rounded once, as on the CPU.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 #include <type_traits>
 
 #include "core/cuda_check.h"
@@ -330,6 +335,176 @@ void launch_col_pass(const ColPass& pass, const void* in, void* out, int64_t col
   CUDA_CHECK_LAUNCH();
 }
 
+// ---- columns in one pass, by clusters: d = 1024 C, C = 1..16 (K = 1) -----------------
+// A cluster of C blocks rotates a strip of 16 columns. Block q holds rows
+// [1024 q, 1024 q + 1024) of the strip as f32 in shared memory (64 KB) and
+// rotates them along those 1024 rows in registers (pass A: row bits 5..9,
+// pass B: bits 0..4). H_C then mixes across the cluster: block q takes its
+// share of the row offsets s, reads row s of every block's tile (distributed
+// shared memory) and writes the C output rows 1024 q' + s. With R_d = H_C kron
+// H_1024 / sqrt(d) (Sylvester, so R = R^T) the input is read once and the
+// output written once, in 32-byte rows of 16 bf16; in place is safe (the whole
+// strip is read before the cluster barrier, and written after it).
+constexpr int kClusterRows = 1024, kClusterCols = 16, kClusterThreads = 256;
+constexpr size_t kClusterSmem = size_t{kClusterRows} * kClusterCols * sizeof(float);
+
+// Tile element (s, c) of [1024][16] f32: row parity flipped by bit 5 of s, so
+// that rows 32 apart (pass B's lanes) fall on different banks.
+__device__ __forceinline__ int ctile_at(int s, int c) { return ((s ^ ((s >> 5) & 1)) << 4) | c; }
+
+__device__ __forceinline__ float2 load2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load2(const __nv_bfloat16* p) {
+  const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+
+// 32 rows (stride `stride` floats in the tile, starting at row s0) of columns
+// c, c + 1: loaded, rotated along the rows, stored back.
+__device__ __forceinline__ void ctile_wht32(float* tile, int s0, int step, int c) {
+  float a[32], b[32];
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const float2 v = *reinterpret_cast<const float2*>(tile + ctile_at(s0 + step * j, c));
+    a[j] = v.x, b[j] = v.y;
+  }
+  hadamard_detail::wht_regs<32>(a, 5);
+  hadamard_detail::wht_regs<32>(b, 5);
+#pragma unroll
+  for (int j = 0; j < 32; ++j) *reinterpret_cast<float2*>(tile + ctile_at(s0 + step * j, c)) = make_float2(a[j], b[j]);
+}
+
+template <class TI, class TO, int C>
+__global__ void __launch_bounds__(kClusterThreads, 2)
+    cols_cluster_kernel(const TI* x, TO* y, int64_t cols, float scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  extern __shared__ float4 smem_cluster[];
+  float* tile = reinterpret_cast<float*>(smem_cluster);
+  cg::cluster_group cluster = cg::this_cluster();
+  const int q = static_cast<int>(cluster.block_rank());
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kClusterCols;
+  const int t = threadIdx.x, cp = 2 * (t & 7), u = t >> 3;
+  {  // pass A: rows u + 32 j, straight from global memory
+    float a[32], b[32];
+    const TI* src = x + (static_cast<int64_t>(q) * kClusterRows + u) * cols + c0 + cp;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const float2 v = load2(src + static_cast<int64_t>(32 * j) * cols);
+      a[j] = v.x, b[j] = v.y;
+    }
+    hadamard_detail::wht_regs<32>(a, 5);
+    hadamard_detail::wht_regs<32>(b, 5);
+#pragma unroll
+    for (int j = 0; j < 32; ++j) *reinterpret_cast<float2*>(tile + ctile_at(u + 32 * j, cp)) = make_float2(a[j], b[j]);
+  }
+  __syncthreads();
+  ctile_wht32(tile, 32 * u, 1, cp);  // pass B: rows 32 u + i
+  cluster.sync();
+  const int share = kClusterRows / C;
+  for (int task = t; task < share * 4; task += kClusterThreads) {
+    const int s = q * share + (task >> 2), c = 4 * (task & 3);
+    float4 z[C];
+#pragma unroll
+    for (int r = 0; r < C; ++r)
+      z[r] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(tile, r) + ctile_at(s, c));
+#pragma unroll
+    for (int h = 1; h < C; h <<= 1) {
+#pragma unroll
+      for (int i = 0; i < C; ++i) {
+        if ((i & h) == 0) {
+          const float4 a = z[i], b = z[i + h];
+          z[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+          z[i + h] = make_float4(a.x - b.x, a.y - b.y, a.z - b.z, a.w - b.w);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < C; ++r) {
+      const float4 v = make_float4(z[r].x * scale, z[r].y * scale, z[r].z * scale, z[r].w * scale);
+      hadamard_detail::ElementIO<TO>::store4(y + (static_cast<int64_t>(r) * kClusterRows + s) * cols + c0 + c, v);
+    }
+  }
+  cluster.sync();  // no block leaves while others read its tile
+#endif
+}
+
+template <class TI, class TO, int C>
+void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale) {
+  auto kernel = cols_cluster_kernel<TI, TO, C>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kClusterSmem)));
+  if (C > 8) CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(C, static_cast<unsigned>(cols / kClusterCols));
+  cfg.blockDim = dim3(kClusterThreads);
+  cfg.dynamicSmemBytes = kClusterSmem;
+  cfg.stream = current_stream();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = C;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale));
+}
+
+// Whether the current GPU runs clusters of `c` blocks (sm_90 and later; 16 needs
+// the non-portable size, which not every part offers). Cached per device.
+bool clusters_of(int c) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, bool> cache;
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(dev, c);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  int major = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  bool ok = major >= 9;
+  if (ok && c > 8) {
+    auto kernel = cols_cluster_kernel<float, float, 16>;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kClusterSmem)));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(c);
+    cfg.blockDim = dim3(kClusterThreads);
+    cfg.dynamicSmemBytes = kClusterSmem;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = c;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    ok = cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) == cudaSuccess && n > 0;
+    (void)cudaGetLastError();
+  }
+  cache.emplace(key, ok);
+  return ok;
+}
+
+// The one-pass column rotation applies: a full power-of-two length 1024 C,
+// a multiple of 16 columns, 16-byte aligned data, a GPU with clusters.
+template <class TI, class TO>
+bool run_cols_by_cluster(const Tensor& x, Tensor& y, const HadamardDevicePlan& p) {
+  const int64_t d = p.dim, cols = x.numel() / d;
+  const int64_t c = d / kClusterRows;
+  if (p.k != 1 || p.block != p.dim || d % kClusterRows != 0 || (c & (c - 1)) != 0 || c > 16) return false;
+  if (cols % kClusterCols != 0 || cols / kClusterCols > 65535) return false;
+  if (reinterpret_cast<uintptr_t>(x.data()) % 16 != 0 || reinterpret_cast<uintptr_t>(y.data()) % 16 != 0) return false;
+  if (!clusters_of(static_cast<int>(c))) return false;
+  switch (c) {
+    case 1: launch_cols_cluster<TI, TO, 1>(x.data(), y.data(), cols, p.scale); break;
+    case 2: launch_cols_cluster<TI, TO, 2>(x.data(), y.data(), cols, p.scale); break;
+    case 4: launch_cols_cluster<TI, TO, 4>(x.data(), y.data(), cols, p.scale); break;
+    case 8: launch_cols_cluster<TI, TO, 8>(x.data(), y.data(), cols, p.scale); break;
+    default: launch_cols_cluster<TI, TO, 16>(x.data(), y.data(), cols, p.scale); break;
+  }
+  return true;
+}
+
 // Column c of y is the row rotation of column c of x: transpose a chunk of
 // columns into a [chunk, d] buffer, rotate its rows with the row kernel,
 // transpose back. Three memory-bound kernels at nearly copy speed each; the
@@ -354,6 +529,7 @@ void run_cols_by_transpose(const Tensor& x, Tensor& y, const HadamardDevicePlan&
 template <class TI, class TO>
 void run_cols(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool transpose) {
   const int64_t cols = x.numel() / p.dim;
+  if (run_cols_by_cluster<TI, TO>(x, y, p)) return;
   if (static_cast<size_t>(hadamard_smem_floats(p.dim)) * sizeof(float) <= static_cast<size_t>(max_smem_per_block())) {
     run_cols_by_transpose<TI, TO>(x, y, p, transpose);
     return;

@@ -195,6 +195,17 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
   cases.push_back({true, 4096, 40, f32, bf16, true, false, false, false});
   cases.push_back({true, 1536, 100, bf16, bf16, false, true, false, false});
   cases.push_back({true, 96, 5, f32, f32, true, true, false, false});
+  // The one-pass cluster kernel (d = 1024 C, columns a multiple of 16; on sm_90),
+  // and next to it what falls back: an odd column count, a misaligned view.
+  for (int64_t d : {1024, 2048, 4096, 8192, 16384}) {
+    cases.push_back({true, d, 48, bf16, bf16, false, false, false, false});
+    cases.push_back({true, d, 16, f32, f32, true, false, false, false});
+    cases.push_back({true, d, 32, bf16, f32, true, false, false, false});
+    cases.push_back({true, d, 16, f32, bf16, false, false, false, false});
+    cases.push_back({true, d, 64, bf16, bf16, true, true, false, false});
+    cases.push_back({true, d, 16, f32, f32, false, true, false, false});
+  }
+  cases.push_back({true, 4096, 48, bf16, bf16, false, false, true, false});
   // Rotated lengths beyond one block's shared memory: the multi-pass column kernels.
   cases.push_back({true, 65536, 3, f32, f32, false, false, false, false});
   cases.push_back({true, 98304, 2, bf16, bf16, true, false, false, false});  // 12 x 8192
