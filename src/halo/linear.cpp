@@ -166,14 +166,20 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
   } else {
     quantize(dy2, gspec, false, &g, &g_t);
   }
-  dx = matmul_nt(g, w_qt_, nullptr, nullptr);  // [b (padded), n]
-  if (recipe_.method == Method::halo2) {
-    hadamard_cols(dx, dx, /*transpose=*/true);
-    if (dx.size(0) != rows) {
-      Tensor top = Tensor::empty({rows, in_}, dtype_, dx.device());
-      top.copy_from(dx.rows(0, rows));
-      dx = top;
-    }
+  if (recipe_.method == Method::halo2 && !recipe_.simulate && g.data.dtype() == DType::i8) {
+    // The int32 product's scaling and R_b in one pass (scale_i32_rotate_cols).
+    Tensor acc = Tensor::empty({g.rows(), in_}, DType::i32, dy.device());
+    gemm_nt(g.data, w_qt_.data, acc);
+    dx = Tensor::empty({g.rows(), in_}, dtype_, dy.device());
+    scale_i32_rotate_cols(acc, g, w_qt_, dx, /*transpose=*/true);
+  } else {
+    dx = matmul_nt(g, w_qt_, nullptr, nullptr);  // [b (padded), n]
+    if (recipe_.method == Method::halo2) hadamard_cols(dx, dx, /*transpose=*/true);
+  }
+  if (recipe_.method == Method::halo2 && dx.size(0) != rows) {
+    Tensor top = Tensor::empty({rows, in_}, dtype_, dx.device());
+    top.copy_from(dx.rows(0, rows));
+    dx = top;
   }
   if (recipe_.rotates()) hadamard_rows(dx, dx, /*transpose=*/true);
   matmul_nt(g_t, saved.x_t, nullptr, &grad_w_);  // dW~ += Q(dY)^T Q(X~)

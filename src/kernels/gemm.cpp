@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/numerics.h"
+#include "kernels/hadamard.h"
 
 namespace halo {
 
@@ -394,6 +395,19 @@ void gemm_nt(const QTensor& a, const QTensor& b, Tensor& d, const GemmOptions& o
   const detail::GemmOperand B{&b.data, &b.scale, b.granularity, true};
   validate(A, B, d, opt, true);
   gemm_dispatch(A, B, d, opt);
+}
+
+void scale_i32_rotate_cols(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d, bool transpose) {
+  validate_scale_i32(acc, a, b, d);
+#ifdef HALO_HAS_CUDA
+  const auto step = [](const QTensor& q) { return q.granularity == Granularity::row ? int64_t{1} : int64_t{0}; };
+  if (acc.is_cuda() && detail::hadamard_cols_i32_cuda(acc, a.scale.data_as<float>(), step(a),
+                                                      b.scale.data_as<float>(), step(b), 1.0f, d, transpose))
+    return;
+#endif
+  Tensor s = Tensor::empty(acc.shape(), DType::f32, acc.device());
+  scale_i32(acc, a, b, s);
+  hadamard_cols(s, d, transpose);
 }
 
 void scale_i32(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d, float alpha) {

@@ -38,6 +38,7 @@
 #include <exception>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "core/allocator.h"
 #include "core/cuda_check.h"
@@ -280,6 +281,25 @@ CheckResult run_case(const Case& c) {
   return res;
 }
 
+// A random i32 product [M, N] and i8 operands A [M, 16], B [N, 16] with scales.
+struct I32Product {
+  Tensor acc;
+  QTensor a, b;
+};
+I32Product random_i32_product(Granularity ga, Granularity gb, int64_t M, int64_t N, uint64_t seed) {
+  I32Product p;
+  p.acc = Tensor::empty({M, N}, DType::i32);
+  int32_t* q = p.acc.data_as<int32_t>();
+  for (int64_t i = 0; i < M * N; ++i) q[i] = static_cast<int32_t>(4e8 * (uniform01(seed, 5, i) - 0.5));
+  p.a.data = make_data(DType::i8, 16, seed + 1, 0, M);
+  p.a.scale = make_scales(ga, DType::i8, 16, seed + 1, 0, M);
+  p.a.granularity = ga;
+  p.b.data = make_data(DType::i8, 16, seed + 2, 0, N);
+  p.b.scale = make_scales(gb, DType::i8, 16, seed + 2, 0, N);
+  p.b.granularity = gb;
+  return p;
+}
+
 // scale_i32 on its own: random i32 products, per-tensor / per-row scales.
 CheckResult run_scale_i32(Granularity ga, Granularity gb, DType out, int64_t M, int64_t N, uint64_t seed) {
   CheckResult res;
@@ -289,16 +309,9 @@ CheckResult run_scale_i32(Granularity ga, Granularity gb, DType out, int64_t M, 
   res.name = name.str();
   res.tolerance = out == DType::bf16 ? 4e-3 : 1e-6;
   try {
-    Tensor acc = Tensor::empty({M, N}, DType::i32);
-    for (int64_t i = 0; i < M * N; ++i)
-      acc.data_as<int32_t>()[i] = static_cast<int32_t>(4e8 * (uniform01(seed, 5, i) - 0.5));
-    QTensor a, b;
-    a.data = make_data(DType::i8, 16, seed + 1, 0, M);
-    a.scale = make_scales(ga, DType::i8, 16, seed + 1, 0, M);
-    a.granularity = ga;
-    b.data = make_data(DType::i8, 16, seed + 2, 0, N);
-    b.scale = make_scales(gb, DType::i8, 16, seed + 2, 0, N);
-    b.granularity = gb;
+    const I32Product p = random_i32_product(ga, gb, M, N, seed);
+    const Tensor& acc = p.acc;
+    const QTensor &a = p.a, &b = p.b;
     const Tensor bias = make_data(DType::f32, N, seed + 3, 0, 1).view({N});
     const Tensor d0 = make_data(out, N, seed + 4, 0, M);
     GemmOptions opt;
@@ -312,6 +325,34 @@ CheckResult run_scale_i32(Granularity ga, Granularity gb, DType out, int64_t M, 
     opt.bias = &bias_dev;
     Tensor d_gpu = d0.to(Device::cuda);
     scale_i32(acc.to(Device::cuda), to_device(a), to_device(b), d_gpu, opt);
+    const Compared cmp = compare(d_gpu, d_cpu, false);
+    res.error = cmp.error;
+    res.ok = std::isfinite(cmp.error) && cmp.error <= res.tolerance;
+    res.detail = res.ok ? "matches the CPU" : "MISMATCH with the CPU";
+  } catch (const std::exception& e) {
+    res.ok = false;
+    res.detail = std::string("FAILED: ") + e.what();
+    cudaGetLastError();
+  }
+  return res;
+}
+
+// scale_i32_rotate_cols (halo2's dX epilogue): M is the rotated length. The
+// one-pass kernel for M = 1024 C and N % 16 == 0; scale_i32 + hadamard_cols else.
+CheckResult run_scale_i32_rotate_cols(Granularity ga, Granularity gb, DType out, int64_t M, int64_t N,
+                                      uint64_t seed) {
+  CheckResult res;
+  std::ostringstream name;
+  name << "scale_i32_rotate_cols [" << granularity_name(ga) << " x " << granularity_name(gb) << "] -> "
+       << dtype_name(out) << " " << M << "x" << N;
+  res.name = name.str();
+  res.tolerance = out == DType::bf16 ? 4e-3 : 1e-5;
+  try {
+    const I32Product p = random_i32_product(ga, gb, M, N, seed);
+    Tensor d_cpu = Tensor::empty({M, N}, out);
+    scale_i32_rotate_cols(p.acc, p.a, p.b, d_cpu, true);
+    Tensor d_gpu = Tensor::empty({M, N}, out, Device::cuda);
+    scale_i32_rotate_cols(p.acc.to(Device::cuda), to_device(p.a), to_device(p.b), d_gpu, true);
     const Compared cmp = compare(d_gpu, d_cpu, false);
     res.error = cmp.error;
     res.ok = std::isfinite(cmp.error) && cmp.error <= res.tolerance;
@@ -471,6 +512,10 @@ std::vector<Case> full_cases() {
 
 }  // namespace
 
+// Token count x width: the one-pass kernel (8192 = 8 x 1024, 1024 = 1 x 1024, widths
+// of 16k) and the fallbacks (96 = 12 x 8 rows; 37 columns).
+constexpr std::pair<int64_t, int64_t> kRotateColsShapes[] = {{8192, 48}, {1024, 16}, {96, 40}, {2048, 37}};
+
 std::vector<CheckResult> gemm_cuda_checks(bool full) {
   if (!cuda_available()) return {};
   std::vector<Case> cases = small_cases();
@@ -489,6 +534,11 @@ std::vector<CheckResult> gemm_cuda_checks(bool full) {
       for (DType out_t : {DType::f32, DType::bf16})
         for (int64_t n : {48, 37})  // vectorized (N % 4 == 0) and scalar paths
           out.push_back(run_scale_i32(ga, gb, out_t, 67, n, seed++));
+  for (Granularity ga : {Granularity::tensor, Granularity::row})
+    for (Granularity gb : {Granularity::tensor, Granularity::row})
+      for (DType out_t : {DType::f32, DType::bf16})
+        for (const auto& [m, n] : kRotateColsShapes) out.push_back(run_scale_i32_rotate_cols(ga, gb, out_t, m, n, seed++));
+  if (full) out.push_back(run_scale_i32_rotate_cols(Granularity::row, Granularity::row, DType::bf16, 8192, 4096, seed++));
   return out;
 }
 

@@ -352,6 +352,20 @@ constexpr size_t kClusterSmem = size_t{kClusterRows} * kClusterCols * sizeof(flo
 // that rows 32 apart (pass B's lanes) fall on different banks.
 __device__ __forceinline__ int ctile_at(int s, int c) { return ((s ^ ((s >> 5) & 1)) << 4) | c; }
 
+// The INT8 epilogue's scales (scale_i32): element (i, j) of an i32 input is
+// alpha * a[i * a_step] * b[j * b_step] times its value; unused for f32 and bf16.
+struct I32Scales {
+  const float* a = nullptr;
+  int64_t a_step = 0;
+  const float* b = nullptr;
+  int64_t b_step = 0;
+  float alpha = 1.0f;
+};
+
+__device__ __forceinline__ float2 load2(const int32_t* p) {
+  const int2 v = *reinterpret_cast<const int2*>(p);
+  return make_float2(static_cast<float>(v.x), static_cast<float>(v.y));
+}
 __device__ __forceinline__ float2 load2(const float* p) { return *reinterpret_cast<const float2*>(p); }
 __device__ __forceinline__ float2 load2(const __nv_bfloat16* p) {
   const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
@@ -375,7 +389,7 @@ __device__ __forceinline__ void ctile_wht32(float* tile, int s0, int step, int c
 
 template <class TI, class TO, int C>
 __global__ void __launch_bounds__(kClusterThreads, 2)
-    cols_cluster_kernel(const TI* x, TO* y, int64_t cols, float scale) {
+    cols_cluster_kernel(const TI* x, TO* y, int64_t cols, float scale, I32Scales sc) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   extern __shared__ float4 smem_cluster[];
@@ -386,11 +400,20 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
   const int t = threadIdx.x, cp = 2 * (t & 7), u = t >> 3;
   {  // pass A: rows u + 32 j, straight from global memory
     float a[32], b[32];
-    const TI* src = x + (static_cast<int64_t>(q) * kClusterRows + u) * cols + c0 + cp;
+    const int64_t row0 = static_cast<int64_t>(q) * kClusterRows + u;
+    const TI* src = x + row0 * cols + c0 + cp;
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
       const float2 v = load2(src + static_cast<int64_t>(32 * j) * cols);
       a[j] = v.x, b[j] = v.y;
+    }
+    if constexpr (std::is_same_v<TI, int32_t>) {  // as scale_i32: (q * (alpha * sa)) * sb
+      const float sb0 = sc.b[(c0 + cp) * sc.b_step], sb1 = sc.b[(c0 + cp + 1) * sc.b_step];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const float si = sc.alpha * sc.a[(row0 + 32 * j) * sc.a_step];
+        a[j] = a[j] * si * sb0, b[j] = b[j] * si * sb1;
+      }
     }
     hadamard_detail::wht_regs<32>(a, 5);
     hadamard_detail::wht_regs<32>(b, 5);
@@ -429,7 +452,7 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
 }
 
 template <class TI, class TO, int C>
-void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale) {
+void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale, const I32Scales& sc) {
   auto kernel = cols_cluster_kernel<TI, TO, C>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kClusterSmem)));
   if (C > 8) CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
@@ -445,7 +468,7 @@ void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale, sc));
 }
 
 // Whether the current GPU runs clusters of `c` blocks (sm_90 and later; 16 needs
@@ -488,19 +511,19 @@ bool clusters_of(int c) {
 // The one-pass column rotation applies: a full power-of-two length 1024 C,
 // a multiple of 16 columns, 16-byte aligned data, a GPU with clusters.
 template <class TI, class TO>
-bool run_cols_by_cluster(const Tensor& x, Tensor& y, const HadamardDevicePlan& p) {
+bool run_cols_by_cluster(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, const I32Scales& sc = {}) {
   const int64_t d = p.dim, cols = x.numel() / d;
   const int64_t c = d / kClusterRows;
   if (p.k != 1 || p.block != p.dim || d % kClusterRows != 0 || (c & (c - 1)) != 0 || c > 16) return false;
   if (cols % kClusterCols != 0 || cols / kClusterCols > 65535) return false;
-  if (reinterpret_cast<uintptr_t>(x.data()) % 16 != 0 || reinterpret_cast<uintptr_t>(y.data()) % 16 != 0) return false;
+  if (!aligned16(x.data()) || !aligned16(y.data())) return false;
   if (!clusters_of(static_cast<int>(c))) return false;
   switch (c) {
-    case 1: launch_cols_cluster<TI, TO, 1>(x.data(), y.data(), cols, p.scale); break;
-    case 2: launch_cols_cluster<TI, TO, 2>(x.data(), y.data(), cols, p.scale); break;
-    case 4: launch_cols_cluster<TI, TO, 4>(x.data(), y.data(), cols, p.scale); break;
-    case 8: launch_cols_cluster<TI, TO, 8>(x.data(), y.data(), cols, p.scale); break;
-    default: launch_cols_cluster<TI, TO, 16>(x.data(), y.data(), cols, p.scale); break;
+    case 1: launch_cols_cluster<TI, TO, 1>(x.data(), y.data(), cols, p.scale, sc); break;
+    case 2: launch_cols_cluster<TI, TO, 2>(x.data(), y.data(), cols, p.scale, sc); break;
+    case 4: launch_cols_cluster<TI, TO, 4>(x.data(), y.data(), cols, p.scale, sc); break;
+    case 8: launch_cols_cluster<TI, TO, 8>(x.data(), y.data(), cols, p.scale, sc); break;
+    default: launch_cols_cluster<TI, TO, 16>(x.data(), y.data(), cols, p.scale, sc); break;
   }
   return true;
 }
@@ -597,6 +620,16 @@ void hadamard_cols_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, 
   HALO_CHECK(plan.dim <= (1 << 30), "hadamard_cols: d too large");
   const HadamardDevicePlan p = hadamard_device_plan(plan);
   dispatch2<ColsOp>(x2.dtype(), y2.dtype(), x2, y2, p, transpose);
+}
+
+bool hadamard_cols_i32_cuda(const Tensor& acc, const float* sa, int64_t sa_step, const float* sb, int64_t sb_step,
+                            float alpha, Tensor& y, bool transpose) {
+  (void)transpose;  // the one-pass kernel's R (K = 1) is symmetric
+  const HadamardDevicePlan p = hadamard_device_plan(hadamard_plan(acc.size(0)));
+  I32Scales sc;
+  sc.a = sa, sc.a_step = sa_step, sc.b = sb, sc.b_step = sb_step, sc.alpha = alpha;
+  if (y.dtype() == DType::f32) return run_cols_by_cluster<int32_t, float>(acc, y, p, sc);
+  return run_cols_by_cluster<int32_t, __nv_bfloat16>(acc, y, p, sc);
 }
 
 }  // namespace detail
