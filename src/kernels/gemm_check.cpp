@@ -281,6 +281,19 @@ CheckResult run_case(const Case& c) {
   return res;
 }
 
+// res from a float comparison of the GPU's d with the CPU's, against res.tolerance.
+void judge(CheckResult& res, const Tensor& d_gpu, const Tensor& d_cpu) {
+  const Compared cmp = compare(d_gpu, d_cpu, false);
+  res.error = cmp.error;
+  res.ok = std::isfinite(cmp.error) && cmp.error <= res.tolerance;
+  res.detail = res.ok ? "matches the CPU" : "MISMATCH with the CPU";
+}
+void failed(CheckResult& res, const std::exception& e) {
+  res.ok = false;
+  res.detail = std::string("FAILED: ") + e.what();
+  cudaGetLastError();
+}
+
 // A random i32 product [M, N] and i8 operands A [M, 16], B [N, 16] with scales.
 struct I32Product {
   Tensor acc;
@@ -325,14 +338,9 @@ CheckResult run_scale_i32(Granularity ga, Granularity gb, DType out, int64_t M, 
     opt.bias = &bias_dev;
     Tensor d_gpu = d0.to(Device::cuda);
     scale_i32(acc.to(Device::cuda), to_device(a), to_device(b), d_gpu, opt);
-    const Compared cmp = compare(d_gpu, d_cpu, false);
-    res.error = cmp.error;
-    res.ok = std::isfinite(cmp.error) && cmp.error <= res.tolerance;
-    res.detail = res.ok ? "matches the CPU" : "MISMATCH with the CPU";
+    judge(res, d_gpu, d_cpu);
   } catch (const std::exception& e) {
-    res.ok = false;
-    res.detail = std::string("FAILED: ") + e.what();
-    cudaGetLastError();
+    failed(res, e);
   }
   return res;
 }
@@ -353,14 +361,9 @@ CheckResult run_scale_i32_rotate_cols(Granularity ga, Granularity gb, DType out,
     scale_i32_rotate_cols(p.acc, p.a, p.b, d_cpu, true);
     Tensor d_gpu = Tensor::empty({M, N}, out, Device::cuda);
     scale_i32_rotate_cols(p.acc.to(Device::cuda), to_device(p.a), to_device(p.b), d_gpu, true);
-    const Compared cmp = compare(d_gpu, d_cpu, false);
-    res.error = cmp.error;
-    res.ok = std::isfinite(cmp.error) && cmp.error <= res.tolerance;
-    res.detail = res.ok ? "matches the CPU" : "MISMATCH with the CPU";
+    judge(res, d_gpu, d_cpu);
   } catch (const std::exception& e) {
-    res.ok = false;
-    res.detail = std::string("FAILED: ") + e.what();
-    cudaGetLastError();
+    failed(res, e);
   }
   return res;
 }

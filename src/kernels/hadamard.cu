@@ -451,24 +451,40 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
 #endif
 }
 
+// The launch of clusters of `c` blocks, grid (c, strips); non-copyable (cfg
+// points at attr).
+struct ClusterLaunch {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1] = {};
+  ClusterLaunch(int c, unsigned strips) {
+    cfg.gridDim = dim3(static_cast<unsigned>(c), strips);
+    cfg.blockDim = dim3(kClusterThreads);
+    cfg.dynamicSmemBytes = kClusterSmem;
+    cfg.stream = current_stream();
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(c);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
+// The kernel's shared memory, and clusters above the portable 8 blocks.
+template <class Kernel>
+void allow_cluster_kernel(Kernel kernel, int c) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kClusterSmem)));
+  if (c > 8) CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+}
+
 template <class TI, class TO, int C>
 void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale, const I32Scales& sc) {
   auto kernel = cols_cluster_kernel<TI, TO, C>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kClusterSmem)));
-  if (C > 8) CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(C, static_cast<unsigned>(cols / kClusterCols));
-  cfg.blockDim = dim3(kClusterThreads);
-  cfg.dynamicSmemBytes = kClusterSmem;
-  cfg.stream = current_stream();
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = C;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale, sc));
+  allow_cluster_kernel(kernel, C);
+  ClusterLaunch l(C, static_cast<unsigned>(cols / kClusterCols));
+  CUDA_CHECK(cudaLaunchKernelEx(&l.cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale, sc));
 }
 
 // Whether the current GPU runs clusters of `c` blocks (sm_90 and later; 16 needs
@@ -487,21 +503,10 @@ bool clusters_of(int c) {
   bool ok = major >= 9;
   if (ok && c > 8) {
     auto kernel = cols_cluster_kernel<float, float, 16>;
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kClusterSmem)));
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(c);
-    cfg.blockDim = dim3(kClusterThreads);
-    cfg.dynamicSmemBytes = kClusterSmem;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = c;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    allow_cluster_kernel(kernel, c);
+    ClusterLaunch l(c, 1);
     int n = 0;
-    ok = cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) == cudaSuccess && n > 0;
+    ok = cudaOccupancyMaxActiveClusters(&n, kernel, &l.cfg) == cudaSuccess && n > 0;
     (void)cudaGetLastError();
   }
   cache.emplace(key, ok);
