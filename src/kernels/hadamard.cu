@@ -13,8 +13,9 @@
 // Columns (R^T x along the first dim, the token dimension): for d = 1024 C
 // (C <= 16, K = 1) and 16-column strips on sm_90, one pass by clusters of C
 // blocks (cols_cluster_kernel). Otherwise by chunks of columns, transpose ->
-// row kernel -> transpose back (exact moves, one rounding). For d too long for the row kernel, the rotation is
-// split into passes over global memory, each applying one factor of
+// row kernel -> transpose back (exact moves, one rounding). For d too long
+// for the row kernel, the rotation is split into passes over global memory,
+// each applying one factor of
 // R = (H_K kron H_2^n) / sqrt(d) along the first dim for a tile of 32 columns:
 //   WHT passes: H over up to 8 bits of the row index (2^m rows with stride 2^lo),
 //   a K-mix pass (K > 1): H_K over the K rows {a P + b}.
@@ -372,8 +373,8 @@ __device__ __forceinline__ float2 load2(const __nv_bfloat16* p) {
   return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
 }
 
-// 32 rows (stride `stride` floats in the tile, starting at row s0) of columns
-// c, c + 1: loaded, rotated along the rows, stored back.
+// Tile rows s0 + step j (j < 32) of columns c, c + 1: loaded, rotated along
+// the rows, stored back.
 __device__ __forceinline__ void ctile_wht32(float* tile, int s0, int step, int c) {
   float a[32], b[32];
 #pragma unroll
