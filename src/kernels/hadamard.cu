@@ -363,25 +363,19 @@ struct I32Scales {
   float alpha = 1.0f;
 };
 
-__device__ __forceinline__ float2 load2(const int32_t* p) {
-  const int2 v = *reinterpret_cast<const int2*>(p);
-  return make_float2(static_cast<float>(v.x), static_cast<float>(v.y));
+// Two consecutive elements as f32: vec::load for f32 and bf16, converted for i32.
+template <class T>
+__device__ __forceinline__ void load_pair(const T* p, float (&v)[2]) {
+  vec::load<2>(p, v);
 }
-__device__ __forceinline__ float2 load2(const float* p) { return *reinterpret_cast<const float2*>(p); }
-__device__ __forceinline__ float2 load2(const __nv_bfloat16* p) {
-  const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
-  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+__device__ __forceinline__ void load_pair(const int32_t* p, float (&v)[2]) {
+  const int2 q = *reinterpret_cast<const int2*>(p);
+  v[0] = static_cast<float>(q.x), v[1] = static_cast<float>(q.y);
 }
 
-// Tile rows s0 + step j (j < 32) of columns c, c + 1: loaded, rotated along
-// the rows, stored back.
-__device__ __forceinline__ void ctile_wht32(float* tile, int s0, int step, int c) {
-  float a[32], b[32];
-#pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    const float2 v = *reinterpret_cast<const float2*>(tile + ctile_at(s0 + step * j, c));
-    a[j] = v.x, b[j] = v.y;
-  }
+// a, b (columns c, c + 1 of tile rows s0 + step j, j < 32): rotated along the
+// rows and stored there.
+__device__ __forceinline__ void rotate_store32(float (&a)[32], float (&b)[32], float* tile, int s0, int step, int c) {
   hadamard_detail::wht_regs<32>(a, 5);
   hadamard_detail::wht_regs<32>(b, 5);
 #pragma unroll
@@ -405,8 +399,9 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
     const TI* src = x + row0 * cols + c0 + cp;
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      const float2 v = load2(src + static_cast<int64_t>(32 * j) * cols);
-      a[j] = v.x, b[j] = v.y;
+      float v[2];
+      load_pair(src + static_cast<int64_t>(32 * j) * cols, v);
+      a[j] = v[0], b[j] = v[1];
     }
     if constexpr (std::is_same_v<TI, int32_t>) {  // as scale_i32: (q * (alpha * sa)) * sb
       const float sb0 = sc.b[(c0 + cp) * sc.b_step], sb1 = sc.b[(c0 + cp + 1) * sc.b_step];
@@ -416,13 +411,18 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
         a[j] = a[j] * si * sb0, b[j] = b[j] * si * sb1;
       }
     }
-    hadamard_detail::wht_regs<32>(a, 5);
-    hadamard_detail::wht_regs<32>(b, 5);
-#pragma unroll
-    for (int j = 0; j < 32; ++j) *reinterpret_cast<float2*>(tile + ctile_at(u + 32 * j, cp)) = make_float2(a[j], b[j]);
+    rotate_store32(a, b, tile, u, 32, cp);
   }
   __syncthreads();
-  ctile_wht32(tile, 32 * u, 1, cp);  // pass B: rows 32 u + i
+  {  // pass B: rows 32 u + i, from the tile
+    float a[32], b[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const float2 v = *reinterpret_cast<const float2*>(tile + ctile_at(32 * u + i, cp));
+      a[i] = v.x, b[i] = v.y;
+    }
+    rotate_store32(a, b, tile, 32 * u, 1, cp);
+  }
   cluster.sync();
   const int share = kClusterRows / C;
   for (int task = t; task < share * 4; task += kClusterThreads) {

@@ -3,7 +3,8 @@
 // 16-byte accesses, held as f32 in registers.
 //
 // V = 8 moves 16 bytes of bf16 or 32 bytes (two 16-byte accesses) of f32 and
-// needs the address 16-byte aligned; V = 1 moves one element.
+// needs the address 16-byte aligned; V = 2 loads two elements in one access
+// (aligned to its size); V = 1 moves one element.
 // bf16 is written with round-to-nearest-even (as store_float on the host).
 #pragma once
 #include <cuda_bf16.h>
@@ -80,8 +81,15 @@ __device__ __forceinline__ Chunk<T, V> load_chunk(const T* p) {
       const uint4 a = reinterpret_cast<const uint4*>(p)[k];
       c.w[4 * k] = a.x, c.w[4 * k + 1] = a.y, c.w[4 * k + 2] = a.z, c.w[4 * k + 3] = a.w;
     }
+  } else if constexpr (V == 2) {  // one 4-byte (bf16) or 8-byte (f32) load
+    if constexpr (sizeof(T) == 4) {
+      const uint2 a = *reinterpret_cast<const uint2*>(p);
+      c.w[0] = a.x, c.w[1] = a.y;
+    } else {
+      c.w[0] = *reinterpret_cast<const uint32_t*>(p);
+    }
   } else {
-    static_assert(V == 1, "V is 1 or 8");
+    static_assert(V == 1, "V is 1, 2 or 8");
     if constexpr (sizeof(T) == 4)
       c.w[0] = __float_as_uint(p[0]);
     else
