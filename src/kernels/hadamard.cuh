@@ -474,11 +474,11 @@ __device__ __forceinline__ void cols_kmix_block(const TI* x, TO* y, int64_t cols
 // both sides bank-conflict free) and no index arithmetic per element. A block's
 // rows hold kSThreads * 64 elements for every d: kSRotBytes of f32, and for bf16
 // inputs as much again of raw rows, prefetched (cp.async) while the current
-// ones are rotated. Pass B's values go back to the thread's own part of s
-// (s_put64). Stores must not be the thread's own 64 contiguous values (a warp's
-// store instruction then fills 8 or 16 bytes of every 32-byte sector): the row
-// kernel (hadamard.cu) reads the whole row back in store order (s_chunk8), the
-// quantizer (quantize.cu) stages each warp's codes.
+// ones are rotated. Stores must not be the thread's own 64 contiguous values (a
+// warp's store instruction then fills 8 or 16 bytes of every 32-byte sector): the
+// row kernel (hadamard.cu) puts pass B's values back to the thread's own part of
+// s (s_put64) and reads the whole row back in store order (s_chunk8); the
+// quantizer (quantize.cu) codes them from registers and stages each warp's codes.
 constexpr int kSThreads = 256;
 constexpr int kSElems = kSThreads * 64;
 constexpr size_t kSRotBytes = static_cast<size_t>(kSElems) * 4;

@@ -943,27 +943,25 @@ __device__ __forceinline__ void vec_codes_any(const Params& p, int64_t r, int64_
 }
 
 // The S rotation's codes (out's only: the host sends the transposed copy's own
-// groups to quantize_kernel): elements c0 = 64 lt.. of row r, scaled, from the
-// thread's own part of s (s_put64's layout), multiplier mo. The thread's 64 codes
-// are staged in the start of its own part and the warp stores its 2048 contiguous
-// bytes in 256-byte rows (each thread storing its own codes left 8 of every
-// 32-byte sector per store instruction); only the warp syncs.
+// groups to quantize_kernel): v holds elements c0 = 64 lt.. of row r, scaled
+// (s_pass_b's order), multiplier mo. The thread's 64 codes are staged in the
+// start of its own part of s and the warp stores its 2048 contiguous bytes in
+// 256-byte rows (each thread storing its own codes left 8 of every 32-byte sector
+// per store instruction); only the warp syncs.
 template <DType D, bool kSR>
-__device__ __forceinline__ void rot_codes(const Params& p, int64_t r, int64_t c0, float* s, int lt, float mo) {
+__device__ __forceinline__ void rot_codes(const Params& p, int64_t r, int64_t c0, const float (&v)[64], float* s,
+                                          int lt, float mo) {
   const int64_t i = r * p.C + c0;
-  uint2 codes[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    const float4 a = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * ((2 * k) ^ (lt & 7)));
-    const float4 b = *reinterpret_cast<const float4*>(s + 64 * lt + 4 * ((2 * k + 1) ^ (lt & 7)));
-    float y[8] = {__fmul_rn(a.x, mo), __fmul_rn(a.y, mo), __fmul_rn(a.z, mo), __fmul_rn(a.w, mo),
-                  __fmul_rn(b.x, mo), __fmul_rn(b.y, mo), __fmul_rn(b.z, mo), __fmul_rn(b.w, mo)};
-    codes[k] = encode8<D>(y, kSR, p.seed, p.stream, i + 8 * k);
-  }
   uint4* own = reinterpret_cast<uint4*>(s + 64 * lt);
 #pragma unroll
-  for (int k = 0; k < 4; ++k)
-    own[k] = make_uint4(codes[2 * k].x, codes[2 * k].y, codes[2 * k + 1].x, codes[2 * k + 1].y);
+  for (int k = 0; k < 4; ++k) {
+    float y0[8], y1[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) y0[j] = __fmul_rn(v[16 * k + j], mo), y1[j] = __fmul_rn(v[16 * k + 8 + j], mo);
+    const uint2 c0 = encode8<D>(y0, kSR, p.seed, p.stream, i + 16 * k);
+    const uint2 c1 = encode8<D>(y1, kSR, p.seed, p.stream, i + 16 * k + 8);
+    own[k] = make_uint4(c0.x, c0.y, c1.x, c1.y);
+  }
   __syncwarp();
   const int lane = lt & 31, w0 = lt - lane;  // the warp's first thread of the row
   uint8_t* dst = p.q_o + r * p.C + 64 * w0 + 8 * lane;
@@ -1004,21 +1002,21 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
     if constexpr (kRot) {
       float* s = reinterpret_cast<float*>(dyn_smem) + w * kRotD;
       s_group_pass_a<kRotD>(x, R, quad, next < nq ? nq - 1 - next : -1, s, raw, w, lt);
-      // Pass B; the thread's 64 scaled values go back to its own 64 floats of s (once
-      // the neighbour of d = 8192 has read them), so that they need no registers
-      // across the row maximum and the codes.
+      // Pass B; the thread's 64 scaled values stay in registers across the row
+      // maximum and are coded from there (put back to s and read again, they cost
+      // a third of the kernel's shared-memory traffic). Rows past the end (r >= R)
+      // rotate stale values of s, counted nowhere: a branch around pass B made
+      // ptxas spill v.
       uint32_t a = 0;
-      if (valid) {
-        float v[64];
-        s_pass_b<kRotD>(s, lt, v);
-        if constexpr (kT == 128) __syncwarp();  // the neighbour (same warp) has read this thread's part
+      float v[64];
+      s_pass_b<kRotD>(s, lt, v);
 #pragma unroll
-        for (int j = 0; j < 64; ++j) {
-          v[j] *= p.plan.scale;
-          a = max(a, abs_bits(v[j]));
-        }
-        hadamard_detail::s_put64(s, lt, v);
+      for (int j = 0; j < 64; ++j) {
+        v[j] *= p.plan.scale;
+        a = max(a, abs_bits(v[j]));
       }
+      if (!valid) a = 0;
+      if constexpr (kT == 128) __syncwarp();  // the neighbour (same warp) has read this thread's part
       float m = m_all;
       if (p.row_max) {
         const float amax = __uint_as_float(quad_row_max<kT>(a, red));
@@ -1029,9 +1027,9 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
         const int64_t c0 = 64 * lt;
         const float mo = uniform ? m : p.mul_o[scale_index(g, r, c0, R, C)];  // 64 columns: one group
         switch (p.dtype) {
-          case DType::i8: rot_codes<DType::i8, kSR>(p, r, c0, s, lt, mo); break;
-          case DType::e4m3: rot_codes<DType::e4m3, kSR>(p, r, c0, s, lt, mo); break;
-          default: rot_codes<DType::e5m2, kSR>(p, r, c0, s, lt, mo); break;
+          case DType::i8: rot_codes<DType::i8, kSR>(p, r, c0, v, s, lt, mo); break;
+          case DType::e4m3: rot_codes<DType::e4m3, kSR>(p, r, c0, v, s, lt, mo); break;
+          default: rot_codes<DType::e5m2, kSR>(p, r, c0, v, s, lt, mo); break;
         }
       }
     } else {
