@@ -38,10 +38,15 @@
 // padded copies of the operands, scales re-laid out for the padded rows (padding rows
 // get scale 1), a padded D and bias; the padded call comes back to gemm_cuda aligned.
 //
-// Plans (descriptor, layouts, heuristic algorithm) are cached per device and per
-// (shapes, dtypes, scale modes, bias, accumulate, pointer alignments), so a repeated
-// call makes no heuristic query; the per-call pointers are set on the cached
-// descriptor under a mutex. One 32 MiB workspace per (device, stream). Everything is
+// Plans (descriptor, layouts, algorithm) are cached per device and per (shapes,
+// dtypes, scale modes, bias, accumulate, pointer alignments), so a repeated call
+// makes no heuristic query; the per-call pointers are set on the cached descriptor
+// under a mutex. Algorithm: the heuristic's first choice, except for products of
+// at least kTuneFlops outside a stream capture, where the first call times the
+// heuristic's first kTuneCandidates (into a scratch D, beta 0) and keeps the
+// earliest one within kTuneSlack of the fastest: its first choice is often not
+// the fastest (FP8 with fast accumulation on an H100: up to 15% slower). That
+// first call synchronises the stream once; later ones never do. One 32 MiB workspace per (device, stream). Everything is
 // launched on current_stream() without any host synchronisation or host read of a
 // scale. Temporary buffers come from the caching allocator, which is not stream
 // aware: like every op here, a GEMM assumes its buffers are used on one stream.
@@ -50,6 +55,7 @@
 #include <algorithm>
 #include <compare>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -190,6 +196,10 @@ __global__ void relayout_scales_kernel(const float* __restrict__ src, Granularit
 // ---- cuBLASLt -------------------------------------------------------------------
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // what NVIDIA suggests for Hopper
+constexpr int kTuneCandidates = 8;
+constexpr double kTuneFlops = 1 << 30;
+constexpr float kTuneSlack = 1.02f;
+constexpr int kTuneWarmup = 2, kTuneRuns = 10;
 constexpr int kNoScale = -1;
 
 cudaDataType_t cuda_type(DType t) {
@@ -309,6 +319,8 @@ struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  cublasLtMatmulAlgo_t candidates[kTuneCandidates]{};  // the heuristic's, best first, until algo is chosen
+  int n_candidates = 0;
   bool bias_fused = false;
 };
 
@@ -358,6 +370,14 @@ void destroy(Plan& p) {
   p = Plan{};
 }
 
+bool is_block_mode(int mode) {
+  return mode == CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F || mode == CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+}
+// Block-scaled FP8 kernels promote at every 128-wide block of K whatever is asked.
+bool fast_accum_applies(const LtCall& c) {
+  return c.fast_accum && is_fp8(c.a_type) && !is_block_mode(c.a_mode) && !is_block_mode(c.b_mode);
+}
+
 // Builds a plan and asks the heuristic for one algorithm; false (with the reason)
 // when cuBLASLt has none for this configuration.
 bool try_plan(cublasLtHandle_t handle, const LtCall& c, bool fuse_bias, Plan& p, std::string& why) {
@@ -375,7 +395,7 @@ bool try_plan(cublasLtHandle_t handle, const LtCall& c, bool fuse_bias, Plan& p,
       set_attr(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, static_cast<int32_t>(c.b_mode), w);
     if (c.a_mode != kNoScale)
       set_attr(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, static_cast<int32_t>(c.a_mode), w);
-    set_attr(p.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, static_cast<int8_t>(c.fast_accum ? 1 : 0), w);
+    set_attr(p.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, static_cast<int8_t>(fast_accum_applies(c) ? 1 : 0), w);
   }
   if (fuse_bias) {
     set_attr(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(CUBLASLT_EPILOGUE_BIAS), w);
@@ -407,24 +427,26 @@ bool try_plan(cublasLtHandle_t handle, const LtCall& c, bool fuse_bias, Plan& p,
   LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                 &align_d, sizeof(align_d)),
            w.what());
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kTuneCandidates]{};
   int found = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.la, p.lb, p.lc, p.lc,
-                                                           pref, 1, &result, &found);
+                                                           pref, kTuneCandidates, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0 || result.state != CUBLAS_STATUS_SUCCESS) {
+  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates[p.n_candidates++] = results[i].algo;
+  if (p.n_candidates == 0) {
     std::ostringstream os;
     if (st != CUBLAS_STATUS_SUCCESS)
       os << "cublasLtMatmulAlgoGetHeuristic returned " << cublasLtGetStatusName(st);
     else if (found == 0)
       os << "cublasLtMatmulAlgoGetHeuristic found no algorithm";
     else
-      os << "heuristic result state " << cublasLtGetStatusName(result.state);
+      os << "heuristic result state " << cublasLtGetStatusName(results[0].state);
     why = os.str();
     destroy(p);
     return false;
   }
-  p.algo = result.algo;
+  p.algo = p.candidates[0];
   return true;
 }
 
@@ -438,6 +460,61 @@ void launch_add_bias(const LtCall& c) {
     add_bias_kernel<float><<<grid_for(n), kThreads, 0, current_stream()>>>(
         static_cast<float*>(c.d), c.bias, bias_bf16, c.M, c.N);
   CUDA_CHECK_LAUNCH();
+}
+
+// The call with `algo`, on D = d (beta as the call says) or on a scratch D (beta 0).
+cublasStatus_t run_algo(cublasLtHandle_t handle, const Plan& plan, const cublasLtMatmulAlgo_t& algo,
+                        const LtCall& c, void* d, bool scratch, void* workspace, cudaStream_t stream) {
+  const bool accumulate = c.accumulate && !scratch;
+  const float alpha_f = c.alpha, beta_f = accumulate ? 1.0f : 0.0f;
+  const int32_t alpha_i = 1, beta_i = accumulate ? 1 : 0;
+  const bool i8 = c.a_type == DType::i8;
+  const void* alpha = i8 ? static_cast<const void*>(&alpha_i) : &alpha_f;
+  const void* beta = i8 ? static_cast<const void*>(&beta_i) : &beta_f;
+  return cublasLtMatmul(handle, plan.desc, alpha, c.b, plan.la, c.a, plan.lb, beta, d, plan.lc, d, plan.lc, &algo,
+                        workspace, kWorkspaceBytes, stream);
+}
+
+// The earliest of the plan's candidates within kTuneSlack of the fastest, timed on
+// the call's operands (see the top). Synchronises the stream.
+cublasLtMatmulAlgo_t tune(cublasLtHandle_t handle, const Plan& plan, const LtCall& c, void* workspace,
+                          cudaStream_t stream) {
+  const size_t d_bytes = static_cast<size_t>(c.M) * c.N * dtype_size(c.d_type);
+  void* scratch = allocate(d_bytes, Device::cuda);
+  cudaEvent_t start = nullptr, stop = nullptr;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  float ms[kTuneCandidates];
+  for (int i = 0; i < plan.n_candidates; ++i) {
+    ms[i] = std::numeric_limits<float>::infinity();
+    bool ok = true;
+    for (int r = 0; r < kTuneWarmup + kTuneRuns && ok; ++r) {
+      if (r == kTuneWarmup) CUDA_CHECK(cudaEventRecord(start, stream));
+      ok = run_algo(handle, plan, plan.candidates[i], c, scratch, true, workspace, stream) == CUBLAS_STATUS_SUCCESS;
+    }
+    CUDA_CHECK(cudaEventRecord(stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    if (ok) CUDA_CHECK(cudaEventElapsedTime(&ms[i], start, stop));
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  release(scratch, d_bytes, Device::cuda);
+  const float best = *std::min_element(ms, ms + plan.n_candidates);
+  for (int i = 0; i < plan.n_candidates; ++i)
+    if (ms[i] <= best * kTuneSlack) return plan.candidates[i];
+  return plan.candidates[0];  // none ran: the heuristic's choice reports its own error
+}
+
+// Tunes a new plan's algorithm where that pays (see the top); a plan first used
+// inside a stream capture is tuned at its first call outside one.
+void choose_algo(cublasLtHandle_t handle, Plan& plan, const LtCall& c, void* workspace, cudaStream_t stream) {
+  if (plan.n_candidates > 1 && 2.0 * c.M * c.N * c.K >= kTuneFlops) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone) return;
+    plan.algo = tune(handle, plan, c, workspace, stream);
+  }
+  plan.n_candidates = 0;
 }
 
 void lt_matmul(const LtCall& c) {
@@ -461,7 +538,7 @@ void lt_matmul(const LtCall& c) {
   key.a_mode = c.a_mode;
   key.b_mode = c.b_mode;
   key.accumulate = c.accumulate;
-  key.fast_accum = c.fast_accum && is_fp8(c.a_type);
+  key.fast_accum = fast_accum_applies(c);
   key.align_a = alignment_of(c.a);
   key.align_b = alignment_of(c.b);
   key.align_d = alignment_of(c.d);
@@ -481,20 +558,13 @@ void lt_matmul(const LtCall& c) {
                lt_config(c, c.bias != nullptr));
     it = state.plans.emplace(key, plan).first;
   }
-  const Plan& plan = it->second;
+  Plan& plan = it->second;
   set_pointers(plan, c);
 
   void*& workspace = state.workspace[stream];
   if (!workspace) workspace = allocate(kWorkspaceBytes, Device::cuda);
-
-  const float alpha_f = c.alpha, beta_f = c.accumulate ? 1.0f : 0.0f;
-  const int32_t alpha_i = 1, beta_i = c.accumulate ? 1 : 0;
-  const bool i8 = c.a_type == DType::i8;
-  const void* alpha = i8 ? static_cast<const void*>(&alpha_i) : &alpha_f;
-  const void* beta = i8 ? static_cast<const void*>(&beta_i) : &beta_f;
-  const cublasStatus_t st =
-      cublasLtMatmul(state.handle, plan.desc, alpha, c.b, plan.la, c.a, plan.lb, beta, c.d,
-                     plan.lc, c.d, plan.lc, &plan.algo, workspace, kWorkspaceBytes, stream);
+  if (plan.n_candidates > 0) choose_algo(state.handle, plan, c, workspace, stream);
+  const cublasStatus_t st = run_algo(state.handle, plan, plan.algo, c, c.d, false, workspace, stream);
   HALO_CHECK(st == CUBLAS_STATUS_SUCCESS, c.what(), ": cublasLtMatmul failed with ",
              cublasLtGetStatusName(st), " (", cublasLtGetStatusString(st), ") ",
              lt_config(c, plan.bias_fused));

@@ -37,8 +37,9 @@ struct GemmOptions {
   float alpha = 1.0f;
   bool accumulate = false;       // D += result instead of D = result
   const Tensor* bias = nullptr;  // [N], f32 or bf16, added to every row (not for i32 output)
-  bool fast_accum = false;       // FP8 on CUDA: no periodic promotion of the tensor-core
-                                 // accumulator (faster, less accurate); ignored elsewhere
+  bool fast_accum = false;       // FP8 on CUDA with tensor or row scales: no periodic
+                                 // promotion of the tensor-core accumulator (faster, less
+                                 // accurate); ignored elsewhere (block scales always promote)
 };
 
 // Unscaled operands (f32 / bf16; or 8-bit with implicit scale 1).
