@@ -104,6 +104,14 @@ TEST(Recipe, NamesRoundTrip) {
   EXPECT_THROW(parse_recipe("halo1-int8+e5m2"), Error);
   EXPECT_THROW(parse_recipe("halo1-int8+1x128"), Error);
   EXPECT_THROW(parse_recipe("bf16+row"), Error);
+  EXPECT_TRUE(parse_recipe("halo2-fp8").fast_accum());
+  const Recipe promote = parse_recipe("halo2-fp8+row+promote");
+  EXPECT_FALSE(promote.fast_accum());
+  EXPECT_EQ(parse_recipe(promote.name()), promote);
+  EXPECT_FALSE(parse_recipe("halo1-int8").fast_accum());
+  EXPECT_THROW(parse_recipe("halo1-int8+promote"), Error);
+  EXPECT_THROW(parse_recipe("halo1-fp8+sim+promote"), Error);
+  EXPECT_THROW(parse_recipe("halo1-fp8+1x128+promote"), Error);
   EXPECT_EQ(parse_recipe_list("bf16,halo2-int8").size(), 2u);
 }
 

@@ -91,6 +91,7 @@ Tensor HaloLinear::matmul_nt(const QTensor& a, const QTensor& b, const Tensor* b
                              Tensor* accumulate_into) {
   GemmOptions opt;
   opt.bias = bias_vec;
+  opt.fast_accum = recipe_.fast_accum();
   Tensor d;
   if (accumulate_into) {
     d = *accumulate_into;

@@ -51,7 +51,7 @@ std::vector<CheckResult> linear_cuda_checks(bool full) {
   const char* recipes[] = {"bf16",       "halo0-int8",      "halo1-int8",       "halo2-int8",
                            "halo0-fp8",  "halo1-fp8",       "halo2-fp8",        "ideal-int8",
                            "ideal-fp8",  "halo1-int8+row",  "halo2-fp8+1x128",  "halo1-fp8+128x128+e5m2",
-                           "halo2-fp8+sr", "halo1-fp8+sim"};
+                           "halo2-fp8+sr", "halo1-fp8+sim", "halo1-fp8+promote"};
   // bf16 weight gradients (HaloLinear::set_weight_grad_dtype), two backward
   // calls adding up: one more bf16 rounding of dW (2^-9 relative at most).
   const char* bf16_grad_recipes[] = {"bf16", "halo1-fp8", "halo2-int8"};

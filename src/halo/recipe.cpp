@@ -10,7 +10,7 @@ constexpr std::string_view kMethodNames[] = {"bf16", "halo0", "halo1", "halo2", 
 std::string accepted() {
   std::string s;
   for (const auto& n : recipe_names()) s += (s.empty() ? "" : ", ") + n;
-  return s + "; options after '+': tensor, row, 1x128, 128x128, e5m2, sr, sim";
+  return s + "; options after '+': tensor, row, 1x128, 128x128, e5m2, sr, sim, promote";
 }
 }  // namespace
 
@@ -28,6 +28,7 @@ std::string Recipe::name() const {
   if (grad_format == DType::e5m2) s += "+e5m2";
   if (stochastic_grad) s += "+sr";
   if (simulate) s += "+sim";
+  if (promote) s += "+promote";
   return s;
 }
 
@@ -61,6 +62,8 @@ Recipe parse_recipe(std::string_view spec) {
       r.stochastic_grad = true;
     } else if (opt == "sim") {
       r.simulate = true;
+    } else if (opt == "promote") {
+      r.promote = true;
     } else {
       try {
         r.granularity = parse_granularity(opt);
@@ -73,6 +76,10 @@ Recipe parse_recipe(std::string_view spec) {
                (r.granularity == Granularity::block1x128 || r.granularity == Granularity::block128x128)),
              "recipe '", spec, "': INT8 GEMMs take per-tensor or per-row scales only (block scales need "
              "fp8, or +sim)");
+  HALO_CHECK(!r.promote || (r.format == DType::e4m3 && !r.simulate &&
+                            (r.granularity == Granularity::tensor || r.granularity == Granularity::row)),
+             "recipe '", spec, "': promote is about FP8 GEMMs on the GPU with tensor or row scales (block "
+             "scales always promote; +sim runs no FP8 GEMM)");
   HALO_CHECK(!(r.method == Method::ideal && r.granularity != Granularity::tensor), "recipe '", spec,
              "': ideal recipes use no scales");
   return r;

@@ -9,8 +9,16 @@
 //
 // Options follow the name after '+': granularity (tensor | row | 1x128 | 128x128),
 // e5m2 (FP8 gradients in e5m2), sr (stochastic rounding of gradients), sim
-// (simulation: the same quantize/dequantize math, matmuls in f32/bf16), e.g.
-// "halo1-fp8+row+e5m2+sr".
+// (simulation: the same quantize/dequantize math, matmuls in f32/bf16), promote
+// (see below), e.g. "halo1-fp8+row+e5m2+sr".
+//
+// FP8 GEMMs with tensor or row scales accumulate on the GPU without cuBLASLt's
+// periodic promotion of the tensor cores' sums to FP32 ("fast accumulation", as
+// NVIDIA TransformerEngine's forward GEMMs): faster, and on an H100 at Llama
+// sizes the layer's errors against an exact product do not change in their
+// third digit, quantization's error being some 30 times larger (docs/perf.md).
+// +promote asks for the promotion. Block scales always promote; the CPU's sums
+// are exact either way.
 #pragma once
 #include <string>
 #include <string_view>
@@ -30,6 +38,10 @@ struct Recipe {
   Granularity granularity = Granularity::tensor;
   bool stochastic_grad = false;
   bool simulate = false;
+  bool promote = false;  // FP8 GEMMs on the GPU: cuBLASLt's periodic FP32 promotion
+
+  // The GPU's FP8 GEMMs accumulate fast (no promotion) for this recipe.
+  bool fast_accum() const { return format == DType::e4m3 && !promote; }
 
   bool quantized() const { return method != Method::bf16; }
   bool rotates() const { return method == Method::halo1 || method == Method::halo2; }
