@@ -108,11 +108,18 @@ int bench_kernels(const std::vector<std::string>& argv) {
       QTensor qa, qb;
       quantize(a, spec, false, &qa, nullptr);
       quantize(b, spec, false, &qb, nullptr);
-      const double ms = median_ms(device, warmup, iters, [&] { gemm_nt(qa, qb, d); });
-      std::printf("%-52s %10.4f %10.1f %7.2fx\n",
-                  (std::string(dtype_name(q)) + " " + granularity_name(g).data() + " -> " + dtype_name(act).data())
-                      .c_str(),
-                  ms, flops / (ms * 1e9), bf16_ms / ms);
+      // FP8 on the GPU also without cuBLASLt's periodic promotion (the recipes' +fastacc).
+      for (bool fast : {false, true}) {
+        if (fast && (q != DType::e4m3 || g == Granularity::block1x128 || device != Device::cuda)) continue;
+        GemmOptions opt;
+        opt.fast_accum = fast;
+        const double ms = median_ms(device, warmup, iters, [&] { gemm_nt(qa, qb, d, opt); });
+        std::printf("%-52s %10.4f %10.1f %7.2fx\n",
+                    (std::string(dtype_name(q)) + " " + granularity_name(g).data() + (fast ? " fastacc" : "") +
+                     " -> " + dtype_name(act).data())
+                        .c_str(),
+                    ms, flops / (ms * 1e9), bf16_ms / ms);
+      }
     }
   }
   return 0;

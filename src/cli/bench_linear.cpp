@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -116,13 +117,20 @@ int bench_linear(const std::vector<std::string>& argv) {
   const Tensor x_dev = x.to(device), dy_dev = dy.to(device);
 
   if (!json)
-    std::printf("halo bench linear: %s, %s, M=%lld tokens, N=%lld out, K=%lld in%s; median of %d after %d warm-up\n",
+    std::printf("halo bench linear: %s, %s, M=%lld tokens, N=%lld out, K=%lld in%s; median of %d after %d "
+                "warm-up, recipes in turn\n",
                 device_name_arg.c_str(), dtype_name(dtype).data(), static_cast<long long>(M),
                 static_cast<long long>(N), static_cast<long long>(K), outliers ? ", outlier channels" : "", iters,
                 warmup);
+  // Every recipe's layer first runs once for the errors; then the timed rounds
+  // take the recipes in turn, so that they all see the same clocks and
+  // temperature (the GPU's clocks drift over a run).
   std::vector<Row> rows;
-  for (const Recipe& recipe : recipes) {
-    HaloLinear layer(K, N, with_bias, recipe, device, dtype, seed);
+  std::vector<std::unique_ptr<HaloLinear>> layers;
+  std::vector<LinearSaved> saved(recipes.size());
+  for (size_t k = 0; k < recipes.size(); ++k) {
+    layers.push_back(std::make_unique<HaloLinear>(K, N, with_bias, recipes[k], device, dtype, seed));
+    HaloLinear& layer = *layers.back();
     layer.weight = w.to(device);
     std::vector<double> ref_y_b = ref_y;
     if (with_bias) {
@@ -130,29 +138,32 @@ int bench_linear(const std::vector<std::string>& argv) {
       for (int64_t i = 0; i < M; ++i)
         for (int64_t j = 0; j < N; ++j) ref_y_b[i * N + j] += b[j];
     }
-    LinearSaved saved;
-    Tensor y = layer.forward(x_dev, &saved);
-    Tensor dx = layer.backward(dy_dev, saved);
-    Row row{recipe.name(), 0, 0, rel_err(y, ref_y_b), rel_err(dx, ref_dx), rel_err(layer.weight_grad(), ref_dw)};
-
-    DeviceTimer tf(device), tb(device);
-    std::vector<double> fwd, bwd;
-    for (int i = 0; i < warmup + iters; ++i) {
+    const Tensor y = layer.forward(x_dev, &saved[k]);
+    const Tensor dx = layer.backward(dy_dev, saved[k]);
+    rows.push_back(Row{recipes[k].name(), 0, 0, rel_err(y, ref_y_b), rel_err(dx, ref_dx),
+                       rel_err(layer.weight_grad(), ref_dw)});
+  }
+  DeviceTimer tf(device), tb(device);
+  std::vector<std::vector<double>> fwd(recipes.size()), bwd(recipes.size());
+  for (int i = 0; i < warmup + iters; ++i) {
+    for (size_t k = 0; k < recipes.size(); ++k) {
+      HaloLinear& layer = *layers[k];
       layer.zero_grad();
       tf.start();
-      y = layer.forward(x_dev, &saved);
+      layer.forward(x_dev, &saved[k]);
       tf.stop();
       tb.start();
-      dx = layer.backward(dy_dev, saved);
+      layer.backward(dy_dev, saved[k]);
       tb.stop();
       if (i >= warmup) {
-        fwd.push_back(tf.milliseconds());
-        bwd.push_back(tb.milliseconds());
+        fwd[k].push_back(tf.milliseconds());
+        bwd[k].push_back(tb.milliseconds());
       }
     }
-    row.fwd_ms = median(fwd);
-    row.bwd_ms = median(bwd);
-    rows.push_back(row);
+  }
+  for (size_t k = 0; k < recipes.size(); ++k) {
+    rows[k].fwd_ms = median(fwd[k]);
+    rows[k].bwd_ms = median(bwd[k]);
   }
 
   const double flops = 6.0 * M * N * K;
