@@ -108,7 +108,7 @@ int bench_kernels(const std::vector<std::string>& argv) {
       QTensor qa, qb;
       quantize(a, spec, false, &qa, nullptr);
       quantize(b, spec, false, &qb, nullptr);
-      // FP8 on the GPU also without cuBLASLt's periodic promotion (the recipes' +fastacc).
+      // FP8 on the GPU also without cuBLASLt's periodic promotion (the FP8 recipes' default).
       for (bool fast : {false, true}) {
         if (fast && (q != DType::e4m3 || g == Granularity::block1x128 || device != Device::cuda)) continue;
         GemmOptions opt;

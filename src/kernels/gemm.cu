@@ -46,9 +46,9 @@
 // heuristic's first kTuneCandidates (into a scratch D, beta 0) and keeps the
 // earliest one within kTuneSlack of the fastest: its first choice is often not
 // the fastest (FP8 with fast accumulation on an H100: up to 15% slower). That
-// first call synchronises the stream once; later ones never do. One 32 MiB workspace per (device, stream). Everything is
-// launched on current_stream() without any host synchronisation or host read of a
-// scale. Temporary buffers come from the caching allocator, which is not stream
+// first call synchronises the stream once; later ones never do. One 32 MiB
+// workspace per (device, stream). Everything is launched on current_stream()
+// without any host synchronisation (but that one) or host read of a scale. Temporary buffers come from the caching allocator, which is not stream
 // aware: like every op here, a GEMM assumes its buffers are used on one stream.
 #include <cublasLt.h>
 
@@ -378,8 +378,9 @@ bool fast_accum_applies(const LtCall& c) {
   return c.fast_accum && is_fp8(c.a_type) && !is_block_mode(c.a_mode) && !is_block_mode(c.b_mode);
 }
 
-// Builds a plan and asks the heuristic for one algorithm; false (with the reason)
-// when cuBLASLt has none for this configuration.
+// Builds a plan and asks the heuristic for up to kTuneCandidates algorithms (its
+// first one becomes the plan's); false (with the reason) when cuBLASLt has none
+// for this configuration.
 bool try_plan(cublasLtHandle_t handle, const LtCall& c, bool fuse_bias, Plan& p, std::string& why) {
   const bool i8 = c.a_type == DType::i8;
   const LtCall& w = c;  // LT_CHECK describes the call only on failure
