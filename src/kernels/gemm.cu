@@ -477,11 +477,17 @@ cublasStatus_t run_algo(cublasLtHandle_t handle, const Plan& plan, const cublasL
 }
 
 // The earliest of the plan's candidates within kTuneSlack of the fastest, timed on
-// the call's operands (see the top). Synchronises the stream.
+// the call's operands (see the top); the heuristic's choice where no memory is
+// left for the scratch D. Synchronises the stream.
 cublasLtMatmulAlgo_t tune(cublasLtHandle_t handle, const Plan& plan, const LtCall& c, void* workspace,
                           cudaStream_t stream) {
   const size_t d_bytes = static_cast<size_t>(c.M) * c.N * dtype_size(c.d_type);
-  void* scratch = allocate(d_bytes, Device::cuda);
+  void* scratch = nullptr;
+  try {
+    scratch = allocate(d_bytes, Device::cuda);
+  } catch (const Error&) {
+    return plan.candidates[0];
+  }
   cudaEvent_t start = nullptr, stop = nullptr;
   CUDA_CHECK(cudaEventCreate(&start));
   CUDA_CHECK(cudaEventCreate(&stop));
