@@ -79,11 +79,7 @@ RowFlags row_flags(const Tensor& grad_rows, const Tensor& g) {
   return {grad_rows.data_as<int8_t>(), g.size(-1)};
 }
 
-__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0];
-  const float4 b = reinterpret_cast<const float4*>(p)[1];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) { vec::load<8>(p, v); }
 __device__ __forceinline__ void load8(const uint16_t* p, float (&v)[8]) {
   const uint4 a = *reinterpret_cast<const uint4*>(p);
   const uint32_t w[4] = {a.x, a.y, a.z, a.w};
@@ -93,10 +89,7 @@ __device__ __forceinline__ void load8(const uint16_t* p, float (&v)[8]) {
     v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
   }
 }
-__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
-  vec::store_global(p, make_float4(v[0], v[1], v[2], v[3]));
-  vec::store_global(p + 4, make_float4(v[4], v[5], v[6], v[7]));
-}
+__device__ __forceinline__ void store8(float* p, const float (&v)[8]) { vec::store<8>(p, v); }
 __device__ __forceinline__ void store8(uint16_t* p, const uint16_t (&b)[8]) {
   uint32_t w[4];
 #pragma unroll

@@ -463,10 +463,10 @@ void launch_add_bias(const LtCall& c) {
   CUDA_CHECK_LAUNCH();
 }
 
-// The call with `algo`, on D = d (beta as the call says) or on a scratch D (beta 0).
+// The call with `algo`, on its own D (beta as the call says) or on a scratch d (beta 0).
 cublasStatus_t run_algo(cublasLtHandle_t handle, const Plan& plan, const cublasLtMatmulAlgo_t& algo,
-                        const LtCall& c, void* d, bool scratch, void* workspace, cudaStream_t stream) {
-  const bool accumulate = c.accumulate && !scratch;
+                        const LtCall& c, void* d, void* workspace, cudaStream_t stream) {
+  const bool accumulate = c.accumulate && d == c.d;
   const float alpha_f = c.alpha, beta_f = accumulate ? 1.0f : 0.0f;
   const int32_t alpha_i = 1, beta_i = accumulate ? 1 : 0;
   const bool i8 = c.a_type == DType::i8;
@@ -497,7 +497,7 @@ cublasLtMatmulAlgo_t tune(cublasLtHandle_t handle, const Plan& plan, const LtCal
     bool ok = true;
     for (int r = 0; r < kTuneWarmup + kTuneRuns && ok; ++r) {
       if (r == kTuneWarmup) CUDA_CHECK(cudaEventRecord(start, stream));
-      ok = run_algo(handle, plan, plan.candidates[i], c, scratch, true, workspace, stream) == CUBLAS_STATUS_SUCCESS;
+      ok = run_algo(handle, plan, plan.candidates[i], c, scratch, workspace, stream) == CUBLAS_STATUS_SUCCESS;
     }
     CUDA_CHECK(cudaEventRecord(stop, stream));
     CUDA_CHECK(cudaEventSynchronize(stop));
@@ -571,7 +571,7 @@ void lt_matmul(const LtCall& c) {
   void*& workspace = state.workspace[stream];
   if (!workspace) workspace = allocate(kWorkspaceBytes, Device::cuda);
   if (plan.n_candidates > 0) choose_algo(state.handle, plan, c, workspace, stream);
-  const cublasStatus_t st = run_algo(state.handle, plan, plan.algo, c, c.d, false, workspace, stream);
+  const cublasStatus_t st = run_algo(state.handle, plan, plan.algo, c, c.d, workspace, stream);
   HALO_CHECK(st == CUBLAS_STATUS_SUCCESS, c.what(), ": cublasLtMatmul failed with ",
              cublasLtGetStatusName(st), " (", cublasLtGetStatusString(st), ") ",
              lt_config(c, plan.bias_fused));
