@@ -120,6 +120,20 @@ int bench_kernels(const std::vector<std::string>& argv) {
                         .c_str(),
                     ms, flops / (ms * 1e9), bf16_ms / ms);
       }
+      // INT8 on the GPU also as cuBLASLt's int32 product and the separate scaling pass
+      // (what runs where the fused Hopper kernel does not).
+      if (q == DType::i8 && device == Device::cuda) {
+        Tensor acc = Tensor::empty({M, N}, DType::i32, device);
+        const double ms = median_ms(device, warmup, iters, [&] {
+          gemm_nt(qa.data, qb.data, acc);
+          scale_i32(acc, qa, qb, d);
+        });
+        std::printf("%-52s %10.4f %10.1f %7.2fx\n",
+                    (std::string("i8 ") + granularity_name(g).data() + " -> i32 + scale_i32 -> " +
+                     dtype_name(act).data())
+                        .c_str(),
+                    ms, flops / (ms * 1e9), bf16_ms / ms);
+      }
     }
   }
   return 0;

@@ -20,7 +20,8 @@
 //               our granularity -> cuBLASLt scale mode (quantize.h has the layouts):
 //               tensor SCALAR_32F, row OUTER_VEC_32F, 1x128 VEC128_32F, 128x128 BLK128x128_32F
 //   i8 x i8     COMPUTE_32I, scale 32I (alpha/beta int), C/D i32; scales applied by
-//               scale_i32 below (fused with alpha, accumulate and bias, one pass)
+//               scale_i32 below (fused with alpha, accumulate and bias, one pass).
+//               Scaled products that gemm_sm90.cu's kernel runs go there instead.
 //   bias        EPILOGUE_BIAS with BIAS_DATA_TYPE = the bias dtype; where cuBLASLt has no
 //               kernel for that combination (e.g. FP8 with f32 output takes a bf16 bias)
 //               the plan falls back to a separate bias-add pass.
@@ -55,10 +56,12 @@
 #include <algorithm>
 #include <compare>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <string_view>
 #include <type_traits>
 
 #include "core/allocator.h"
@@ -622,6 +625,15 @@ void launch_scale_i32(const Tensor& acc, const detail::GemmOperand& a,
   CUDA_CHECK_LAUNCH();
 }
 
+// HALO_I8_GEMM=cublaslt keeps scaled INT8 products on cuBLASLt + scale_i32 (to compare).
+bool i8_fused_allowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("HALO_I8_GEMM");
+    return !(v && std::string_view(v) == "cublaslt");
+  }();
+  return allowed;
+}
+
 size_t cublaslt_version() {
   static const size_t v = cublasLtGetVersion();
   return v;
@@ -683,6 +695,10 @@ void gemm_cuda(const GemmOperand& a, const GemmOperand& b, Tensor& d, const Gemm
   if (at == DType::i8) {
     if (!scaled) {  // the raw int32 product
       lt_matmul(c);
+      return;
+    }
+    if (i8_fused_allowed() && gemm_i8_sm90_runs(a, b, d)) {
+      gemm_i8_sm90(a, b, d, opt);
       return;
     }
     Tensor acc = Tensor::empty({M, N}, DType::i32, Device::cuda);

@@ -8,7 +8,8 @@
 //   bf16 x bf16 -> bf16 or f32  (fp32 accumulation)
 //   fp8  x fp8  -> bf16 or f32  (e4m3/e5m2 in any pair but e5m2 x e5m2; fp32 accumulation)
 //   i8   x i8   -> i32          (exact int32 accumulation; no scales, no bias, alpha 1)
-//   i8   x i8   -> bf16 or f32  (scaled, QTensor form: exact int32, then scale_i32)
+//   i8   x i8   -> bf16 or f32  (scaled, QTensor form: exact int32, then scaled as scale_i32
+//                                does; on Hopper in the GEMM's own epilogue)
 // With 8-bit operands the product of each (i, j) is multiplied by the scales of
 // A and B (QTensor scales: per tensor, per row, or per block; see quantize.h).
 // Block scales are applied inside the sum over K (per 128-chunk of K).
@@ -139,6 +140,13 @@ void gemm_padded(const GemmOperand& a, const GemmOperand& b, Tensor& d, const Ge
                  const GemmDims& p);
 void scale_i32_cuda(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d,
                     const GemmOptions& opt);
+
+// The Hopper INT8 GEMM with the scaling fused into it (gemm_sm90.cu): whether it runs
+// this product (scaled i8 in the NT form, tensor or row scales, f32 or bf16 D, K % 16
+// == 0, 16-byte aligned operands, an sm_90 GPU and a build with sm_90a code), and the
+// call. gemm_cuda takes it for every such product unless HALO_I8_GEMM=cublaslt.
+bool gemm_i8_sm90_runs(const GemmOperand& a, const GemmOperand& b, const Tensor& d);
+void gemm_i8_sm90(const GemmOperand& a, const GemmOperand& b, Tensor& d, const GemmOptions& opt);
 }  // namespace detail
 
 }  // namespace halo
