@@ -440,6 +440,47 @@ TEST(Quantize, FakeQuantizeEqualsDequantizeOfQuantize) {
       }
 }
 
+// Maxima given by the caller (QuantSpec::absmax_parts): their maximum is the
+// tensor's absmax, for both copies; the true maxima give the same codes as none.
+TEST(Quantize, GivenMaximaSetThePerTensorScale) {
+  const Tensor x = testing::random_normal({40, 96}, 14, 3.0f, DType::bf16);
+  float amax = 0;
+  for (float v : x.to_floats()) amax = std::max(amax, std::fabs(v));
+  for (DType f : kFormats) {
+    QuantSpec s;
+    s.dtype = f;
+    QTensor q, qt;
+    quantize(x, s, false, &q, &qt);
+    Tensor parts = Tensor::empty({3}, DType::f32);
+    float* p = parts.data_as<float>();
+    p[0] = 0.5f * amax, p[1] = amax, p[2] = 0.0f;
+    QuantSpec given = s;
+    given.absmax_parts = &parts;
+    QTensor g, gt;
+    quantize(x, given, false, &g, &gt);
+    EXPECT_EQ(g.data.to_floats(), q.data.to_floats()) << dtype_name(f);
+    EXPECT_EQ(gt.data.to_floats(), qt.data.to_floats()) << dtype_name(f);
+    EXPECT_EQ(g.scale.to_floats(), q.scale.to_floats()) << dtype_name(f);
+    p[1] = 2.0f * amax;  // a larger maximum: twice the scale
+    quantize(x, given, false, &g, &gt);
+    EXPECT_EQ(g.scale.data_as<float>()[0], 2.0f * amax / static_cast<float>(qmax_ref(f))) << dtype_name(f);
+    EXPECT_EQ(gt.scale.data_as<float>()[0], g.scale.data_as<float>()[0]) << dtype_name(f);
+  }
+  // Per-tensor scaling only, f32 maxima.
+  const Tensor parts = Tensor::from_floats({1}, {1.0f});
+  QuantSpec row;
+  row.granularity = Granularity::row;
+  row.absmax_parts = &parts;
+  QTensor q;
+  const std::string per_row = testing::error_of([&] { quantize(x, row, false, &q, nullptr); });
+  EXPECT_NE(per_row.find("absmax_parts serve per-tensor scaling only"), std::string::npos) << per_row;
+  const Tensor wrong = Tensor::empty({2}, DType::bf16);
+  QuantSpec bad;
+  bad.absmax_parts = &wrong;
+  const std::string bf16 = testing::error_of([&] { quantize(x, bad, false, &q, nullptr); });
+  EXPECT_NE(bf16.find("absmax_parts must be an f32 tensor"), std::string::npos) << bf16;
+}
+
 TEST(Quantize, RejectsBadArguments) {
   const Tensor x = testing::random_normal({4, 8}, 12);
   QuantSpec s;

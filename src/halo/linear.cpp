@@ -159,11 +159,20 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
   QTensor g, g_t;  // Q(dY) [b, m] for dX and Q(dY)^T [m, b] for dW
   if (recipe_.method == Method::halo2) {
     // dX = R_b Q(R_b^T dY) Q(W~) R^T, the token dimension padded to a Hadamard size.
+    // The rotation also gives both tensors' maxima where the GPU fuses it, so
+    // per-tensor quantizers skip their first pass (the zero padding changes no maximum).
     Tensor e = pad_rows(dy2, padded_token_count(rows));
     Tensor e_rot = Tensor::empty(e.shape(), dtype_, e.device());
-    hadamard_cols(e, e_rot);
-    quantize(e_rot, gspec, false, &g, nullptr);
-    quantize(dy2, gspec, false, nullptr, &g_t);
+    Tensor max_e, max_rot;
+    QuantSpec rot_spec = gspec, plain_spec = gspec;
+    if (!(gspec.scaled && gspec.granularity == Granularity::tensor)) {
+      hadamard_cols(e, e_rot);
+    } else if (hadamard_cols_absmax(e, e_rot, false, max_e, max_rot)) {
+      plain_spec.absmax_parts = &max_e;
+      rot_spec.absmax_parts = &max_rot;
+    }
+    quantize(e_rot, rot_spec, false, &g, nullptr);
+    quantize(dy2, plain_spec, false, nullptr, &g_t);
   } else {
     quantize(dy2, gspec, false, &g, &g_t);
   }

@@ -304,4 +304,22 @@ void hadamard_cols(const Tensor& x, Tensor& y, bool transpose) {
   cols_cpu(x2, y2, p, transpose);
 }
 
+bool hadamard_cols_absmax(const Tensor& x, Tensor& y, bool transpose, Tensor& max_x, Tensor& max_y) {
+#ifdef HALO_HAS_CUDA
+  check_io(x, y, "hadamard_cols_absmax");
+  if (x.is_cuda() && x.numel() > 0) {
+    const int64_t d = x.size(0);
+    Tensor y2 = y.view({d, -1}), amax;
+    // The one-pass kernel's R (K = 1, Sylvester) is its own transpose.
+    if (detail::hadamard_cols_absmax_cuda(x.view({d, -1}), y2, hadamard_plan(d), amax)) {
+      max_x = amax.rows(0, 1).view({amax.size(1)});
+      max_y = amax.rows(1, 1).view({amax.size(1)});
+      return true;
+    }
+  }
+#endif
+  hadamard_cols(x, y, transpose);
+  return false;
+}
+
 }  // namespace halo

@@ -382,9 +382,21 @@ __device__ __forceinline__ void rotate_store32(float (&a)[32], float (&b)[32], f
   for (int j = 0; j < 32; ++j) *reinterpret_cast<float2*>(tile + ctile_at(s0 + step * j, c)) = make_float2(a[j], b[j]);
 }
 
+// |v| as bits (non-negative floats order like their bits; a NaN's exceed infinity's).
+__device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
+// |v| as written to a TO element, as bits.
+template <class TO>
+__device__ __forceinline__ uint32_t written_abs_bits(float v) {
+  if constexpr (std::is_same_v<TO, __nv_bfloat16>) return abs_bits(__bfloat162float(__float2bfloat16_rn(v)));
+  return abs_bits(v);
+}
+
+// amax (or null): the block's max |x| to amax[b] and max |y| as written to
+// amax[blocks + b], b = the block's index in the grid (no atomics; the quantizer
+// reduces them, QuantSpec::absmax_parts). Not for i32 input.
 template <class TI, class TO, int C>
 __global__ void __launch_bounds__(kClusterThreads, 2)
-    cols_cluster_kernel(const TI* x, TO* y, int64_t cols, float scale, I32Scales sc) {
+    cols_cluster_kernel(const TI* x, TO* y, int64_t cols, float scale, I32Scales sc, uint32_t* amax) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   extern __shared__ float4 smem_cluster[];
@@ -393,6 +405,7 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
   const int q = static_cast<int>(cluster.block_rank());
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kClusterCols;
   const int t = threadIdx.x, cp = 2 * (t & 7), u = t >> 3;
+  uint32_t max_x = 0, max_y = 0;
   {  // pass A: rows u + 32 j, straight from global memory
     float a[32], b[32];
     const int64_t row0 = static_cast<int64_t>(q) * kClusterRows + u;
@@ -402,6 +415,10 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
       float v[2];
       load_pair(src + static_cast<int64_t>(32 * j) * cols, v);
       a[j] = v[0], b[j] = v[1];
+    }
+    if (amax) {
+#pragma unroll
+      for (int j = 0; j < 32; ++j) max_x = max(max_x, max(abs_bits(a[j]), abs_bits(b[j])));
     }
     if constexpr (std::is_same_v<TI, int32_t>) {  // as scale_i32: (q * (alpha * sa)) * sb
       const float sb0 = sc.b[(c0 + cp) * sc.b_step], sb1 = sc.b[(c0 + cp + 1) * sc.b_step];
@@ -446,6 +463,22 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
     for (int r = 0; r < C; ++r) {
       const float4 v = make_float4(z[r].x * scale, z[r].y * scale, z[r].z * scale, z[r].w * scale);
       hadamard_detail::ElementIO<TO>::store4(y + (static_cast<int64_t>(r) * kClusterRows + s) * cols + c0 + c, v);
+      if (amax)
+        max_y = max(max_y, max(max(written_abs_bits<TO>(v.x), written_abs_bits<TO>(v.y)),
+                               max(written_abs_bits<TO>(v.z), written_abs_bits<TO>(v.w))));
+    }
+  }
+  if (amax) {  // block maxima: warps, then the 8 warps' results
+    __shared__ uint32_t warp_max[2][kClusterThreads / 32];
+    max_x = __reduce_max_sync(0xffffffffu, max_x);
+    max_y = __reduce_max_sync(0xffffffffu, max_y);
+    if (t % 32 == 0) warp_max[0][t / 32] = max_x, warp_max[1][t / 32] = max_y;
+    __syncthreads();
+    if (t < 2) {
+      uint32_t m = 0;
+      for (int w = 0; w < kClusterThreads / 32; ++w) m = max(m, warp_max[t][w]);
+      const int64_t blocks = static_cast<int64_t>(gridDim.x) * gridDim.y;
+      amax[t * blocks + static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x] = m;
     }
   }
   cluster.sync();  // no block leaves while others read its tile
@@ -481,11 +514,12 @@ void allow_cluster_kernel(Kernel kernel, int c) {
 }
 
 template <class TI, class TO, int C>
-void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale, const I32Scales& sc) {
+void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale, const I32Scales& sc, uint32_t* amax) {
   auto kernel = cols_cluster_kernel<TI, TO, C>;
   allow_cluster_kernel(kernel, C);
   ClusterLaunch l(C, static_cast<unsigned>(cols / kClusterCols));
-  CUDA_CHECK(cudaLaunchKernelEx(&l.cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale, sc));
+  CUDA_CHECK(
+      cudaLaunchKernelEx(&l.cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale, sc, amax));
 }
 
 // Whether the current GPU runs clusters of `c` blocks (sm_90 and later; 16 needs
@@ -516,20 +550,27 @@ bool clusters_of(int c) {
 
 // The one-pass column rotation applies: a full power-of-two length 1024 C,
 // a multiple of 16 columns, 16-byte aligned data, a GPU with clusters.
+// amax (or null): the kernel's per-block maxima, [2, blocks] f32 allocated here.
 template <class TI, class TO>
-bool run_cols_by_cluster(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, const I32Scales& sc = {}) {
+bool run_cols_by_cluster(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, const I32Scales& sc = {},
+                         Tensor* amax = nullptr) {
   const int64_t d = p.dim, cols = x.numel() / d;
   const int64_t c = d / kClusterRows;
   if (p.k != 1 || p.block != p.dim || d % kClusterRows != 0 || (c & (c - 1)) != 0 || c > 16) return false;
   if (cols % kClusterCols != 0 || cols / kClusterCols > 65535) return false;
   if (!aligned16(x.data()) || !aligned16(y.data())) return false;
   if (!clusters_of(static_cast<int>(c))) return false;
+  uint32_t* m = nullptr;
+  if (amax) {
+    *amax = Tensor::empty({2, c * (cols / kClusterCols)}, DType::f32, Device::cuda);
+    m = amax->data_as<uint32_t>();
+  }
   switch (c) {
-    case 1: launch_cols_cluster<TI, TO, 1>(x.data(), y.data(), cols, p.scale, sc); break;
-    case 2: launch_cols_cluster<TI, TO, 2>(x.data(), y.data(), cols, p.scale, sc); break;
-    case 4: launch_cols_cluster<TI, TO, 4>(x.data(), y.data(), cols, p.scale, sc); break;
-    case 8: launch_cols_cluster<TI, TO, 8>(x.data(), y.data(), cols, p.scale, sc); break;
-    default: launch_cols_cluster<TI, TO, 16>(x.data(), y.data(), cols, p.scale, sc); break;
+    case 1: launch_cols_cluster<TI, TO, 1>(x.data(), y.data(), cols, p.scale, sc, m); break;
+    case 2: launch_cols_cluster<TI, TO, 2>(x.data(), y.data(), cols, p.scale, sc, m); break;
+    case 4: launch_cols_cluster<TI, TO, 4>(x.data(), y.data(), cols, p.scale, sc, m); break;
+    case 8: launch_cols_cluster<TI, TO, 8>(x.data(), y.data(), cols, p.scale, sc, m); break;
+    default: launch_cols_cluster<TI, TO, 16>(x.data(), y.data(), cols, p.scale, sc, m); break;
   }
   return true;
 }
@@ -626,6 +667,15 @@ void hadamard_cols_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, 
   HALO_CHECK(plan.dim <= (1 << 30), "hadamard_cols: d too large");
   const HadamardDevicePlan p = hadamard_device_plan(plan);
   dispatch2<ColsOp>(x2.dtype(), y2.dtype(), x2, y2, p, transpose);
+}
+
+bool hadamard_cols_absmax_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, Tensor& amax) {
+  const HadamardDevicePlan p = hadamard_device_plan(plan);
+  if (x2.dtype() == DType::bf16 && y2.dtype() == DType::bf16)
+    return run_cols_by_cluster<__nv_bfloat16, __nv_bfloat16>(x2, y2, p, {}, &amax);
+  if (x2.dtype() == DType::f32 && y2.dtype() == DType::f32) return run_cols_by_cluster<float, float>(x2, y2, p, {}, &amax);
+  if (x2.dtype() == DType::f32) return run_cols_by_cluster<float, __nv_bfloat16>(x2, y2, p, {}, &amax);
+  return run_cols_by_cluster<__nv_bfloat16, float>(x2, y2, p, {}, &amax);
 }
 
 bool hadamard_cols_i32_cuda(const Tensor& acc, const float* sa, int64_t sa_step, const float* sb, int64_t sb_step,

@@ -57,6 +57,13 @@ void hadamard_rows(const Tensor& x, Tensor& y, bool transpose = false);
 // row vector x[:, c].
 void hadamard_cols(const Tensor& x, Tensor& y, bool transpose = false);
 
+// hadamard_cols that, where the GPU runs it in one pass, also gives maxima of
+// |x| and of |y| (as written) over parts of them, for per-tensor quantizers of
+// both (QuantSpec::absmax_parts): then true, with max_x and max_y f32 views of
+// one buffer. Elsewhere it rotates only and returns false (the quantizers then
+// find the maxima themselves).
+bool hadamard_cols_absmax(const Tensor& x, Tensor& y, bool transpose, Tensor& max_x, Tensor& max_y);
+
 // What a CUDA kernel needs to apply a plan: plain values, pass by value.
 // Consumed by the device building block in kernels/hadamard.cuh.
 struct HadamardDevicePlan {
@@ -94,6 +101,9 @@ namespace detail {
 // (acc i32 [d, cols] on the GPU, y f32 or bf16) in one pass, when the one-pass
 // column kernel applies; false (nothing done) otherwise. Used by
 // scale_i32_rotate_cols (gemm.h), which validates the arguments.
+// The one-pass column kernel with its maxima ([2, blocks] f32: |x|, |y|), when it
+// applies; false (nothing done) otherwise. For hadamard_cols_absmax.
+bool hadamard_cols_absmax_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, Tensor& amax);
 bool hadamard_cols_i32_cuda(const Tensor& acc, const float* sa, int64_t sa_step, const float* sb, int64_t sb_step,
                             float alpha, Tensor& y, bool transpose);
 }  // namespace detail

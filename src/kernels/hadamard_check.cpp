@@ -14,6 +14,7 @@
 // {4096, 14336, 11008, 2048, 8192}, and the token-dim rotation of [8192, d] and
 // [12288, 4096], with timings in `detail` (GB/s counting bytes read + written,
 // and the percentage of a device-to-device copy of the same bytes).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -23,6 +24,7 @@
 #include "core/allocator.h"
 #include "core/rng.h"
 #include "kernels/hadamard.h"
+#include "kernels/quantize.h"
 #include "kernels/selfcheck.h"
 #ifdef HALO_HAS_CUDA
 #include <cuda_runtime.h>
@@ -153,6 +155,64 @@ CheckResult check_case(const Case& c, uint64_t seed) {
   return res;
 }
 
+// hadamard_cols_absmax: the rotation as hadamard_cols on the CPU; where it fused
+// the maxima (the one-pass kernel), max |x| and max |y| exactly those of x and of
+// the GPU's y, and per-tensor quantizers given them (QuantSpec::absmax_parts)
+// bitwise equal to quantizers that find the maxima themselves.
+CheckResult check_cols_absmax(int64_t n0, int64_t n1, DType in, DType out, uint64_t seed) {
+  CheckResult res;
+  res.name = "hadamard_cols_absmax " + std::string(dtype_name(in)) + "->" + std::string(dtype_name(out)) + " " +
+             std::to_string(n0) + "x" + std::to_string(n1);
+  res.tolerance = out == DType::f32 ? 1e-5 : 1e-3;
+  try {
+    Tensor xh = random_host(n0, n1, in, seed);
+    store_float(xh.data(), in, (n0 / 3) * n1 + n1 / 2, -60.0f);  // an outlier: the maximum
+    Tensor ref = Tensor::empty({n0, n1}, out);
+    hadamard_cols(xh, ref);
+    Tensor xd = xh.to(Device::cuda), yd = Tensor::empty({n0, n1}, out, Device::cuda), max_x, max_y;
+    const bool fused = hadamard_cols_absmax(xd, yd, false, max_x, max_y);
+    const std::vector<float> got = yd.to_floats(), want = ref.to_floats();
+    res.error = relative_error(got, want);
+    res.ok = res.error <= res.tolerance;
+    res.detail = fused ? "fused" : "not fused (rotation only)";
+    if (fused && res.ok) {
+      const auto max_abs = [](const std::vector<float>& v) {
+        float m = 0;
+        for (float f : v) m = std::max(m, std::fabs(f));
+        return m;
+      };
+      const float mx = max_abs(max_x.to_floats()), my = max_abs(max_y.to_floats());
+      const float want_x = max_abs(xh.to_floats()), want_y = max_abs(got);
+      char buf[200];
+      std::snprintf(buf, sizeof buf, "; max |x| %.7g (want %.7g), max |y| %.7g (want %.7g)", mx, want_x, my, want_y);
+      res.detail += buf;
+      res.ok = mx == want_x && my == want_y;
+      for (DType q : {DType::e4m3, DType::i8}) {
+        QuantSpec spec;
+        spec.dtype = q;
+        QuantSpec given = spec;
+        QTensor a, b;
+        quantize(yd, spec, false, &a, nullptr);
+        given.absmax_parts = &max_y;
+        quantize(yd, given, false, &b, nullptr);
+        QTensor at, bt;
+        quantize(xd, spec, false, nullptr, &at);
+        given.absmax_parts = &max_x;
+        quantize(xd, given, false, nullptr, &bt);
+        const bool same = a.data.to_floats() == b.data.to_floats() && a.scale.to_floats() == b.scale.to_floats() &&
+                          at.data.to_floats() == bt.data.to_floats() && at.scale.to_floats() == bt.scale.to_floats();
+        if (!same) res.detail += "; " + std::string(dtype_name(q)) + " codes differ with the given maxima";
+        res.ok = res.ok && same;
+      }
+    }
+  } catch (const std::exception& e) {
+    res.ok = false;
+    res.error = INFINITY;
+    res.detail = std::string("exception: ") + e.what();
+  }
+  return res;
+}
+
 }  // namespace
 
 std::vector<CheckResult> hadamard_cuda_checks(bool full) {
@@ -223,6 +283,18 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
   std::vector<CheckResult> results;
   uint64_t seed = 1000;
   for (const Case& c : cases) results.push_back(check_case(c, seed++));
+  // The one-pass kernel for 1024 C rows (C = 1, 2, 4, 8, 16) and a shape it does not take.
+  const int64_t absmax_shapes[][2] = {{8192, 48}, {1024, 16}, {2048, 32}, {16384, 16}, {96, 40}};
+  for (const auto& sh : absmax_shapes) {
+    results.push_back(check_cols_absmax(sh[0], sh[1], bf16, bf16, seed++));
+    results.push_back(check_cols_absmax(sh[0], sh[1], f32, bf16, seed++));
+  }
+  results.push_back(check_cols_absmax(4096, 64, f32, f32, seed++));
+  results.push_back(check_cols_absmax(2048, 32, bf16, f32, seed++));
+  if (full) {
+    results.push_back(check_cols_absmax(8192, 4096, bf16, bf16, seed++));
+    results.push_back(check_cols_absmax(8192, 14336, bf16, bf16, seed++));
+  }
   return results;
 }
 

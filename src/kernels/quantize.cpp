@@ -81,6 +81,13 @@ Tensor prepared_input(const Tensor& x2, bool rotate) {
   return xf;
 }
 
+// The largest |v| of the f32 values in t, as bits (QuantSpec::absmax_parts).
+uint32_t max_abs_bits(const Tensor& t) {
+  uint32_t a = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) a = std::max(a, abs_bits(t.data_as<float>()[i]));
+  return a;
+}
+
 // Multipliers and scales of every group of one copy, laid out like its scale
 // tensor. amax holds the absmax bits per group (0 for padding entries).
 void finish_groups(const std::vector<uint32_t>& amax, float qmax, std::vector<float>& mul,
@@ -134,6 +141,7 @@ void quantize_cpu(const Tensor& x2, const QuantSpec& spec, bool rotate, QTensor*
           uint32_t& a = amax[scale_index(g, r, k * 128, R, C)];
           a = std::max(a, chunk[r * nc + k]);
         }
+      if (spec.absmax_parts) amax[0] = max_abs_bits(*spec.absmax_parts);
       finish_groups(amax, qmax, mul_o, out->scale);
     }
     if (out_t) {  // element (c, r) of the [C, R] copy
@@ -143,6 +151,7 @@ void quantize_cpu(const Tensor& x2, const QuantSpec& spec, bool rotate, QTensor*
           uint32_t& a = amax[scale_index(g, c, rb * 128, C, R)];
           a = std::max(a, colblk[rb * C + c]);
         }
+      if (spec.absmax_parts) amax[0] = max_abs_bits(*spec.absmax_parts);
       finish_groups(amax, qmax, mul_t, out_t->scale);
     }
   }
@@ -189,6 +198,16 @@ void quantize(const Tensor& x, const QuantSpec& spec, bool rotate_rows, QTensor*
   HALO_CHECK(is_8bit(spec.dtype),
              "quantize: target format must be i8, e4m3 or e5m2, got ", dtype_name(spec.dtype));
   HALO_CHECK(!out || out != out_t, "quantize: out and out_t must be different QTensors");
+  if (spec.absmax_parts) {
+    const Tensor& a = *spec.absmax_parts;
+    HALO_CHECK(spec.scaled && spec.granularity == Granularity::tensor,
+               "quantize: absmax_parts serve per-tensor scaling only, not ", granularity_name(spec.granularity),
+               spec.scaled ? "" : " unscaled");
+    HALO_CHECK(a.defined() && a.dtype() == DType::f32 && a.numel() >= 1,
+               "quantize: absmax_parts must be an f32 tensor of at least one element, got ",
+               a.defined() ? a.describe() : std::string("an undefined tensor"));
+    check_same_device(x, a, "quantize absmax_parts");
+  }
   if (!out && !out_t) return;
   const Tensor x2 = x.as_2d();
   const int64_t R = x2.size(0), C = x2.size(1);

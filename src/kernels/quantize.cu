@@ -1391,7 +1391,9 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
   p.R = R, p.C = C, p.g = g, p.dtype = spec.dtype, p.qmax = f.qmax;
   p.stochastic = spec.stochastic, p.seed = spec.seed, p.stream = spec.stream;
 
-  // Pass 1 of per-tensor scaling: its grid sets the number of partial maxima.
+  // Pass 1 of per-tensor scaling: its grid sets the number of partial maxima
+  // (none when they were given).
+  const bool parts_given = tensor && spec.absmax_parts;
   int64_t grid1 = 0;
   const int64_t n_quads = (R + kQuad - 1) / kQuad;
   const int64_t n_s_groups = cfg.s ? (R + kThreads / (cfg.s / 64) - 1) / (kThreads / (cfg.s / 64)) : 0;
@@ -1399,7 +1401,9 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     return cfg.f32 ? absmax_s_kernel<float, decltype(d)::value> : absmax_s_kernel<uint16_t, decltype(d)::value>;
   };
   const auto absmax_p = [](auto n) { return absmax_p_kernel<decltype(n)::value>; };
-  if (tensor && cfg.p) {
+  if (parts_given) {
+    // the given maxima serve as pass 1's
+  } else if (tensor && cfg.p) {
     dispatch_p_order(cfg.p, [&](auto n) {
       grid1 = std::min(R, resident_blocks(absmax_p(n), kThreads, p_smem_bytes(cfg.p)));
     });
@@ -1437,9 +1441,16 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     if (n_o + n_t > 0) CUDA_CHECK(cudaMemsetAsync(w + grid1, 0, static_cast<size_t>(n_o + n_t) * 4, stream));
   }
   p.acc_o = acc_o, p.acc_t = acc_t;
+  if (parts_given) {  // f32 maxima of |x|: their bits order as the values
+    HALO_CHECK(spec.absmax_parts->numel() <= INT_MAX, "quantize: too many absmax_parts");
+    p.partial = const_cast<uint32_t*>(spec.absmax_parts->data_as<uint32_t>());
+    p.n_partial = static_cast<int>(spec.absmax_parts->numel());
+  }
 
   // Pass 1.
-  if (tensor && cfg.p) {
+  if (parts_given) {
+    // done where x was made
+  } else if (tensor && cfg.p) {
     dispatch_p_order(cfg.p, [&](auto n) { launch(absmax_p(n), grid1, p_smem_bytes(cfg.p), p); });
   } else if (tensor && cfg.s) {
     hadamard_detail::dispatch_s_width(
