@@ -177,11 +177,9 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
     quantize(dy2, gspec, false, &g, &g_t);
   }
   if (recipe_.method == Method::halo2 && !recipe_.simulate && g.data.dtype() == DType::i8) {
-    // The int32 product's scaling and R_b in one pass (scale_i32_rotate_cols).
-    Tensor acc = Tensor::empty({g.rows(), in_}, DType::i32, dy.device());
-    gemm_nt(g.data, w_qt_.data, acc);
+    // The product's scaling and R_b without a bf16 rounding between them.
     dx = Tensor::empty({g.rows(), in_}, dtype_, dy.device());
-    scale_i32_rotate_cols(acc, g, w_qt_, dx, /*transpose=*/true);
+    gemm_nt_rotate_cols(g, w_qt_, dx, /*transpose=*/true);
   } else {
     dx = matmul_nt(g, w_qt_, nullptr, nullptr);  // [b (padded), n]
     if (recipe_.method == Method::halo2) hadamard_cols(dx, dx, /*transpose=*/true);

@@ -410,6 +410,27 @@ void scale_i32_rotate_cols(const Tensor& acc, const QTensor& a, const QTensor& b
   hadamard_cols(s, d, transpose);
 }
 
+void gemm_nt_rotate_cols(const QTensor& a, const QTensor& b, Tensor& d, bool transpose) {
+  HALO_CHECK(a.data.dtype() == DType::i8 && b.data.dtype() == DType::i8,
+             "gemm_nt_rotate_cols: expected i8 operands, got ", a.data.describe(), " and ", b.data.describe());
+  const int64_t M = a.rows(), N = b.rows();
+#ifdef HALO_HAS_CUDA
+  if (d.is_cuda()) {
+    Tensor prod = Tensor::empty({M, N}, DType::f32, Device::cuda);
+    const detail::GemmOperand A{&a.data, &a.scale, a.granularity, false};
+    const detail::GemmOperand B{&b.data, &b.scale, b.granularity, true};
+    if (detail::gemm_i8_sm90_runs(A, B, prod)) {
+      gemm_nt(a, b, prod);
+      hadamard_cols(prod, d, transpose);
+      return;
+    }
+  }
+#endif
+  Tensor acc = Tensor::empty({M, N}, DType::i32, d.device());
+  gemm_nt(a.data, b.data, acc);
+  scale_i32_rotate_cols(acc, a, b, d, transpose);
+}
+
 void scale_i32(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d, float alpha) {
   GemmOptions opt;
   opt.alpha = alpha;

@@ -56,12 +56,10 @@
 #include <algorithm>
 #include <compare>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <map>
 #include <mutex>
 #include <sstream>
-#include <string_view>
 #include <type_traits>
 
 #include "core/allocator.h"
@@ -625,15 +623,6 @@ void launch_scale_i32(const Tensor& acc, const detail::GemmOperand& a,
   CUDA_CHECK_LAUNCH();
 }
 
-// HALO_I8_GEMM=cublaslt keeps scaled INT8 products on cuBLASLt + scale_i32 (to compare).
-bool i8_fused_allowed() {
-  static const bool allowed = [] {
-    const char* v = std::getenv("HALO_I8_GEMM");
-    return !(v && std::string_view(v) == "cublaslt");
-  }();
-  return allowed;
-}
-
 size_t cublaslt_version() {
   static const size_t v = cublasLtGetVersion();
   return v;
@@ -697,7 +686,7 @@ void gemm_cuda(const GemmOperand& a, const GemmOperand& b, Tensor& d, const Gemm
       lt_matmul(c);
       return;
     }
-    if (i8_fused_allowed() && gemm_i8_sm90_runs(a, b, d)) {
+    if (gemm_i8_sm90_runs(a, b, d)) {
       gemm_i8_sm90(a, b, d, opt);
       return;
     }

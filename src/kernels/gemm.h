@@ -71,6 +71,12 @@ void scale_i32(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d,
 // hadamard_cols.
 void scale_i32_rotate_cols(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d, bool transpose);
 
+// d = hadamard_cols(S, transpose) for the scaled product S of INT8 operands a, b
+// (gemm_nt), in f32 and rounded once into d: halo2's dX. Where the GEMM scales
+// INT8 products itself (Hopper, gemm_sm90.cu) its f32 product is rotated;
+// elsewhere the int32 product goes through scale_i32_rotate_cols. Same values.
+void gemm_nt_rotate_cols(const QTensor& a, const QTensor& b, Tensor& d, bool transpose);
+
 namespace detail {
 // Internal: gemm.cpp validates the arguments, gemm.cu runs them on the GPU.
 // scale == nullptr means an unscaled operand (scale 1).
@@ -144,7 +150,8 @@ void scale_i32_cuda(const Tensor& acc, const QTensor& a, const QTensor& b, Tenso
 // The Hopper INT8 GEMM with the scaling fused into it (gemm_sm90.cu): whether it runs
 // this product (scaled i8 in the NT form, tensor or row scales, f32 or bf16 D, K % 16
 // == 0, 16-byte aligned operands, an sm_90 GPU and a build with sm_90a code), and the
-// call. gemm_cuda takes it for every such product unless HALO_I8_GEMM=cublaslt.
+// call. gemm_cuda takes it for every such product; HALO_I8_GEMM=cublaslt turns it
+// off (the products then run as cuBLASLt's int32 product and scale_i32).
 bool gemm_i8_sm90_runs(const GemmOperand& a, const GemmOperand& b, const Tensor& d);
 void gemm_i8_sm90(const GemmOperand& a, const GemmOperand& b, Tensor& d, const GemmOptions& opt);
 }  // namespace detail

@@ -368,6 +368,34 @@ CheckResult run_scale_i32_rotate_cols(Granularity ga, Granularity gb, DType out,
   return res;
 }
 
+// gemm_nt_rotate_cols (halo2's dX: on Hopper the fused INT8 GEMM's f32 product,
+// then the column rotation) against the CPU's.
+CheckResult run_gemm_nt_rotate_cols(Granularity g, DType out, int64_t M, int64_t N, int64_t K, uint64_t seed) {
+  CheckResult res;
+  std::ostringstream name;
+  name << "gemm_nt_rotate_cols [" << granularity_name(g) << "] -> " << dtype_name(out) << " " << M << "x" << N
+       << "x" << K;
+  res.name = name.str();
+  res.tolerance = out == DType::bf16 ? 4e-3 : 1e-5;
+  try {
+    QTensor a, b;
+    a.data = make_data(DType::i8, K, seed + 1, 0, M);
+    a.scale = make_scales(g, DType::i8, K, seed + 1, 0, M);
+    a.granularity = g;
+    b.data = make_data(DType::i8, K, seed + 2, 0, N);
+    b.scale = make_scales(g, DType::i8, K, seed + 2, 0, N);
+    b.granularity = g;
+    Tensor d_cpu = Tensor::empty({M, N}, out);
+    gemm_nt_rotate_cols(a, b, d_cpu, true);
+    Tensor d_gpu = Tensor::empty({M, N}, out, Device::cuda);
+    gemm_nt_rotate_cols(to_device(a), to_device(b), d_gpu, true);
+    judge(res, d_gpu, d_cpu);
+  } catch (const std::exception& e) {
+    failed(res, e);
+  }
+  return res;
+}
+
 bool is_block(Granularity g) {
   return g == Granularity::block1x128 || g == Granularity::block128x128;
 }
@@ -542,6 +570,12 @@ std::vector<CheckResult> gemm_cuda_checks(bool full) {
       for (DType out_t : {DType::f32, DType::bf16})
         for (const auto& [m, n] : kRotateColsShapes) out.push_back(run_scale_i32_rotate_cols(ga, gb, out_t, m, n, seed++));
   if (full) out.push_back(run_scale_i32_rotate_cols(Granularity::row, Granularity::row, DType::bf16, 8192, 4096, seed++));
+  for (Granularity g : {Granularity::tensor, Granularity::row})
+    for (DType out_t : {DType::f32, DType::bf16}) {
+      out.push_back(run_gemm_nt_rotate_cols(g, out_t, 8192, 48, 64, seed++));  // the one-pass rotation
+      out.push_back(run_gemm_nt_rotate_cols(g, out_t, 96, 40, 32, seed++));    // the fallback
+    }
+  if (full) out.push_back(run_gemm_nt_rotate_cols(Granularity::tensor, DType::bf16, 8192, 4096, 4096, seed++));
   return out;
 }
 

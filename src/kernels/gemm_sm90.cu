@@ -23,6 +23,8 @@
 
 #include <array>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 #include <mutex>
 #include <type_traits>
 
@@ -186,18 +188,22 @@ __device__ __forceinline__ void scale_tile(const Epilogue& e, int32_t (&acc)[128
     const int i = min(row0 + 8 * h, e.M - 1);
     si[h] = e.alpha * __ldg(e.sa + static_cast<int64_t>(i) * e.sa_step);
   }
+  // Column scales: one for all (per tensor), pairs (whole columns; col0 is even), or
+  // one at a time, clamped at the edge.
+  const int mode = e.sb_step == 0 ? 0 : col0 - col0 % kTileN + kTileN <= e.N ? 1 : 2;
+  const float s_all = __ldg(e.sb);
 #pragma unroll
-  for (int c = 0; c < 32; ++c)
+  for (int c = 0; c < 32; ++c) {
+    const int j = col0 + 8 * c;
+    float2 sj = make_float2(s_all, s_all);
+    if (mode == 1) sj = __ldg(reinterpret_cast<const float2*>(e.sb + j));
+    if (mode == 2) sj = make_float2(__ldg(e.sb + min(j, e.N - 1)), __ldg(e.sb + min(j + 1, e.N - 1)));
 #pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      const int j = min(col0 + 8 * c + x, e.N - 1);
-      const float sj = __ldg(e.sb + static_cast<int64_t>(j) * e.sb_step);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        int32_t& v = acc[4 * c + 2 * h + x];
-        v = __float_as_int(static_cast<float>(v) * si[h] * sj);
-      }
+    for (int h = 0; h < 2; ++h) {
+      acc[4 * c + 2 * h] = __float_as_int(static_cast<float>(acc[4 * c + 2 * h]) * si[h] * sj.x);
+      acc[4 * c + 2 * h + 1] = __float_as_int(static_cast<float>(acc[4 * c + 2 * h + 1]) * si[h] * sj.y);
     }
+  }
 }
 
 // The scaled part stored from the registers. Whole parts without bias take the
@@ -260,27 +266,39 @@ __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256
 // 64 KB. The consumer thread `leader` issues the stores and, before the buffer is
 // written again, waits until they have read it; they run on while the next tile is
 // multiplied. (A split of the tile's columns instead made ptxas serialize the wgmmas.)
+__device__ __forceinline__ void st_shared_pair(uint32_t addr, float r0, float r1, float) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(r0), "f"(r1) : "memory");
+}
+__device__ __forceinline__ void st_shared_pair(uint32_t addr, float r0, float r1, uint16_t) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(r0, r1);
+  asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&v)) : "memory");
+}
+
 template <class Out>
 __device__ __forceinline__ void store_staged(const CUtensorMap* map_d, uint8_t* staging, const int32_t (&acc)[128],
                                              int tile_row0, int tile_col0, int half, int row, int col, bool leader) {
   constexpr int kBoxCols = 128 / sizeof(Out), kBoxes = kTileN / kBoxCols, kTurns = sizeof(Out) / 2;
-  constexpr int kBoxRows = kTileM / kTurns;
+  constexpr int kBoxRows = kTileM / kTurns, kBoxBytes = kBoxRows * 128;
+  constexpr int kGroupsPerBox = kBoxCols / 8;                // 8-column groups (c) in a box
+  constexpr int kChunksPerGroup = 8 * sizeof(Out) / 16;      // 16-byte chunks of such a group
+  // Column col + 8 c of row r: box c / kGroupsPerBox, 16-byte chunk (c % kGroupsPerBox) *
+  // kChunksPerGroup + col_chunk swizzled with r % 8 = lane / 4, byte col_byte within it.
+  const int col_chunk = col * static_cast<int>(sizeof(Out)) / 16, col_byte = col * static_cast<int>(sizeof(Out)) % 16;
+  const int swz = (row % 8);
 #pragma unroll
   for (int turn = 0; turn < kTurns; ++turn) {
     if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
     consumers_sync();
     if (kTurns == 1 || half == turn) {
+      const uint32_t base = smem_addr(staging) + (row - turn * kBoxRows) * 128 + col_byte;
 #pragma unroll
-      for (int c = 0; c < 32; ++c)
+      for (int c = 0; c < 32; ++c) {
+        const int chunk = ((c % kGroupsPerBox) * kChunksPerGroup + col_chunk) ^ swz;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = row + 8 * h - turn * kBoxRows, j = col + 8 * c;  // within the box rows
-          const int byte = (j % kBoxCols) * static_cast<int>(sizeof(Out));
-          uint8_t* p = staging + (j / kBoxCols) * (kBoxRows * 128) + r * 128 + (((byte / 16) ^ (r % 8)) << 4) +
-                       byte % 16;
-          store_pair(reinterpret_cast<Out*>(p), __int_as_float(acc[4 * c + 2 * h]),
-                     __int_as_float(acc[4 * c + 2 * h + 1]));
-        }
+        for (int h = 0; h < 2; ++h)
+          st_shared_pair(base + (c / kGroupsPerBox) * kBoxBytes + h * 8 * 128 + chunk * 16,
+                         __int_as_float(acc[4 * c + 2 * h]), __int_as_float(acc[4 * c + 2 * h + 1]), Out{});
+      }
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     consumers_sync();
@@ -289,7 +307,7 @@ __device__ __forceinline__ void store_staged(const CUtensorMap* map_d, uint8_t* 
       for (int b = 0; b < kBoxes; ++b)
         asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"(map_d),
                      "r"(tile_col0 + b * kBoxCols), "r"(tile_row0 + turn * kBoxRows),
-                     "r"(smem_addr(staging + b * (kBoxRows * 128)))
+                     "r"(smem_addr(staging + b * kBoxBytes))
                      : "memory");
       asm volatile("cp.async.bulk.commit_group;" ::: "memory");
     }
@@ -347,12 +365,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const int half = group - 1;  // rows [64 half, 64 half + 64) of the tile
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   uint32_t n = 0;
+  int32_t acc[128];  // each tile's first wgmma overwrites them (scale-d 0)
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0;
   for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
     int tm, tn;
     tile_coords(t, tiles_m, tiles_n, tm, tn);
-    int32_t acc[128];
-#pragma unroll
-    for (int i = 0; i < 128; ++i) acc[i] = 0;
     // One stage's multiplies stay in flight while the next stage's are issued; a stage
     // is handed back once the multiplies that read it have finished.
     uint32_t held = 0;
@@ -457,6 +475,11 @@ const DeviceSupport& device_support() {
 namespace detail {
 
 bool gemm_i8_sm90_runs(const GemmOperand& a, const GemmOperand& b, const Tensor& d) {
+  static const bool allowed = [] {  // HALO_I8_GEMM=cublaslt: off, to compare
+    const char* v = std::getenv("HALO_I8_GEMM");
+    return !(v && std::string_view(v) == "cublaslt");
+  }();
+  if (!allowed) return false;
   const int64_t K = a.data->size(1);
   const auto aligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
   return a.data->dtype() == DType::i8 && a.scale && b.scale && !a.trans && b.trans &&
