@@ -32,13 +32,15 @@ int doctor(const std::vector<std::string>& argv) {
   const bool full = args.has("full");
   std::printf("checking every CUDA kernel against the CPU reference%s...\n", full ? " (Llama sizes)" : "");
   const auto t0 = std::chrono::steady_clock::now();
-  const auto results = all_cuda_checks(full);
   int failed = 0;
-  for (const auto& r : results) {
-    std::printf("  %-4s %-58s err %9.2e  tol %9.2e  %s\n", r.ok ? "ok" : "FAIL", r.name.c_str(), r.error,
-                r.tolerance, r.detail.c_str());
-    failed += !r.ok;
-  }
+  const auto results = all_cuda_checks(full, [&](const std::vector<CheckResult>& family) {
+    for (const auto& r : family) {
+      std::printf("  %-4s %-58s err %9.2e  tol %9.2e  %s\n", r.ok ? "ok" : "FAIL", r.name.c_str(), r.error,
+                  r.tolerance, r.detail.c_str());
+      failed += !r.ok;
+    }
+    std::fflush(stdout);
+  });
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("%zu passed, %d failed (%.1f s)\n", results.size() - failed, failed, secs);
   return failed ? 1 : 0;

@@ -6,12 +6,14 @@
 
 namespace halo {
 
-std::vector<CheckResult> all_cuda_checks(bool full) {
+std::vector<CheckResult> all_cuda_checks(bool full,
+                                         const std::function<void(const std::vector<CheckResult>&)>& done) {
   std::vector<CheckResult> all;
   for (auto* family : {hadamard_cuda_checks, quantize_cuda_checks, gemm_cuda_checks, linear_cuda_checks,
                        rowops_cuda_checks, attention_cuda_checks, loss_optim_cuda_checks,
                        decode_cuda_checks}) {
     auto results = family(full);
+    if (done) done(results);
     all.insert(all.end(), results.begin(), results.end());
   }
   return all;

@@ -1,6 +1,7 @@
 // Checks of each CUDA kernel against its CPU twin on random inputs, run by
 // `halo doctor` and by the GPU tests. `full` adds Llama sizes (4096, 14336).
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,10 @@ std::vector<CheckResult> attention_cuda_checks(bool full);
 std::vector<CheckResult> loss_optim_cuda_checks(bool full);  // cross-entropy, AdamW
 std::vector<CheckResult> decode_cuda_checks(bool full);  // decode attention, KV cache, argmax
 
-std::vector<CheckResult> all_cuda_checks(bool full);
+// Every family's checks; `done` (if given) sees each family's results as soon as
+// they are in, so that a long run can report as it goes.
+std::vector<CheckResult> all_cuda_checks(bool full,
+                                         const std::function<void(const std::vector<CheckResult>&)>& done = {});
 
 // ||a - b|| / ||b|| in double.
 double relative_error(const std::vector<float>& a, const std::vector<float>& b);
