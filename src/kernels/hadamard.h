@@ -101,11 +101,11 @@ namespace detail {
 // (acc i32 [d, cols] on the GPU, y f32 or bf16) in one pass, when the one-pass
 // column kernel applies; false (nothing done) otherwise. Used by
 // scale_i32_rotate_cols (gemm.h), which validates the arguments.
+bool hadamard_cols_i32_cuda(const Tensor& acc, const float* sa, int64_t sa_step, const float* sb, int64_t sb_step,
+                            float alpha, Tensor& y, bool transpose);
 // The one-pass column kernel with its maxima ([2, blocks] f32: |x|, |y|), when it
 // applies; false (nothing done) otherwise. For hadamard_cols_absmax.
 bool hadamard_cols_absmax_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, Tensor& amax);
-bool hadamard_cols_i32_cuda(const Tensor& acc, const float* sa, int64_t sa_step, const float* sb, int64_t sb_step,
-                            float alpha, Tensor& y, bool transpose);
 }  // namespace detail
 
 }  // namespace halo

@@ -11,6 +11,8 @@
 //              the rows in DEscending order, so that the rows pass 1 read last are
 //              the first ones read again, while still in L2. Rotated bf16 rows of
 //              d = 6144, 14336: absmax_p_kernel, p_quantize_kernel (the P rotation).
+//              With QuantSpec::absmax_parts there is no pass 1: the given maxima
+//              are pass 2's partial maxima.
 //   row, out only   one pass: per row, absmax then codes from the same registers /
 //              shared memory; the scales are written by the same kernel.
 //   other scaled    memset (absmax accumulators) -> absmax_kernel (atomicMax on the

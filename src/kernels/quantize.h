@@ -76,7 +76,7 @@ struct QuantSpec {
   uint64_t seed = 0;        // with stochastic: the numbers for element i of the input
   uint64_t stream = 0;      //   are uniform01(seed, stream, i) on every device
   // Per-tensor scaling: maxima of |x| over parts of the (rotated) input, already
-  // computed where x was made (f32, any length >= 1, on x's device; e.g. by
+  // computed where x was made (f32 >= 0, any length >= 1, on x's device; e.g. by
   // hadamard_cols_absmax). The tensor's absmax is taken as their maximum, and the
   // GPU skips its first pass over x. Null: computed here.
   const Tensor* absmax_parts = nullptr;
