@@ -27,6 +27,9 @@ HALO_HD uint32_t float_bits(float x) {
   return u;
 #endif
 }
+// |v| as bits: non-negative floats order like their bits, so a max over these is
+// the absmax, and a NaN (bits above those of infinity) wins every comparison.
+HALO_HD uint32_t abs_bits(float v) { return float_bits(v) & 0x7fffffffu; }
 
 HALO_HD float bits_float(uint32_t u) {
 #ifdef __CUDA_ARCH__

@@ -150,8 +150,9 @@ void scale_i32_cuda(const Tensor& acc, const QTensor& a, const QTensor& b, Tenso
 // The Hopper INT8 GEMM with the scaling fused into it (gemm_sm90.cu): whether it runs
 // this product (scaled i8 in the NT form, tensor or row scales, f32 or bf16 D, K % 16
 // == 0, 16-byte aligned operands, an sm_90 GPU and a build with sm_90a code), and the
-// call. gemm_cuda takes it for every such product; HALO_I8_GEMM=cublaslt turns it
-// off (the products then run as cuBLASLt's int32 product and scale_i32).
+// call (for products it runs only; not checked again). gemm_cuda takes it for every
+// such product; HALO_I8_GEMM=cublaslt turns it off (the products then run as
+// cuBLASLt's int32 product and scale_i32).
 bool gemm_i8_sm90_runs(const GemmOperand& a, const GemmOperand& b, const Tensor& d);
 void gemm_i8_sm90(const GemmOperand& a, const GemmOperand& b, Tensor& d, const GemmOptions& opt);
 }  // namespace detail

@@ -31,6 +31,7 @@
 #include <array>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string_view>
 #include <type_traits>
@@ -40,6 +41,7 @@
 #include "core/numerics.h"
 #include "core/stream.h"
 #include "kernels/gemm.h"
+#include "kernels/launch.cuh"
 
 namespace halo {
 
@@ -447,35 +449,27 @@ constexpr std::array<const void*, 3> kernels_for() {
           reinterpret_cast<const void*>(gemm_i8_sm90_kernel<Out, Epi::accumulate>)};
 }
 
-struct DeviceSupport {
-  bool runs = false;  // an sm_90 GPU and a build with sm_90a code for this kernel
-  int sms = 0;
-};
-
-const DeviceSupport& device_support() {
+// Whether this kernel runs on the current GPU: an sm_90 part and a build with sm_90a
+// code for it. Cached per device; sets the kernels' shared memory on first use.
+bool device_runs_kernel() {
   static std::mutex mu;
-  static DeviceSupport per_device[64];
-  static bool known[64] = {};
+  static std::map<int, bool> known;
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
-  HALO_CHECK(dev >= 0 && dev < 64, "gemm_i8_sm90: device ", dev, " out of range");
   std::lock_guard<std::mutex> lock(mu);
-  if (!known[dev]) {
-    cudaDeviceProp p{};
-    CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
-    cudaFuncAttributes f{};
-    CUDA_CHECK(cudaFuncGetAttributes(&f, gemm_i8_sm90_kernel<float, Epi::direct>));
-    DeviceSupport s;
-    s.runs = p.major == 9 && p.minor == 0 && f.binaryVersion == 90;
-    s.sms = p.multiProcessorCount;
-    if (s.runs)
-      for (const auto& list : {kernels_for<float>(), kernels_for<uint16_t>()})
-        for (const void* k : list)
-          CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
-    per_device[dev] = s;
-    known[dev] = true;
-  }
-  return per_device[dev];
+  auto it = known.find(dev);
+  if (it != known.end()) return it->second;
+  cudaDeviceProp p{};
+  CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+  cudaFuncAttributes f{};
+  CUDA_CHECK(cudaFuncGetAttributes(&f, gemm_i8_sm90_kernel<float, Epi::direct>));
+  const bool runs = p.major == 9 && p.minor == 0 && f.binaryVersion == 90;
+  if (runs)
+    for (const auto& list : {kernels_for<float>(), kernels_for<uint16_t>()})
+      for (const void* k : list)
+        CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
+  known.emplace(dev, runs);
+  return runs;
 }
 
 }  // namespace
@@ -496,12 +490,10 @@ bool gemm_i8_sm90_runs(const GemmOperand& a, const GemmOperand& b, const Tensor&
          (d.dtype() == DType::f32 || d.dtype() == DType::bf16) && K > 0 && K % 16 == 0 && aligned(a.data->data(), 16) &&
          aligned(b.data->data(), 16) && aligned(d.data(), d.dtype() == DType::f32 ? 4 : 2) &&
          a.data->size(0) < (int64_t{1} << 31) && b.data->size(0) < (int64_t{1} << 31) && K < (int64_t{1} << 31) &&
-         device_support().runs;
+         device_runs_kernel();
 }
 
 void gemm_i8_sm90(const GemmOperand& a, const GemmOperand& b, Tensor& d, const GemmOptions& opt) {
-  HALO_CHECK(gemm_i8_sm90_runs(a, b, d), "gemm_i8_sm90: ", describe(a, b, d, opt),
-             " is not a product this kernel runs (see gemm_i8_sm90_runs)");
   const int64_t M = a.data->size(0), N = b.data->size(0), K = a.data->size(1);
   if (M == 0 || N == 0) return;
   Epilogue e;
@@ -520,7 +512,7 @@ void gemm_i8_sm90(const GemmOperand& a, const GemmOperand& b, Tensor& d, const G
   const CUtensorMap map_b = tensor_map(b.data->data(), CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, N, K, kTileN);
   const int64_t tiles = ((M + kTileM - 1) / kTileM) * ((N + kTileN - 1) / kTileN);
   HALO_CHECK(tiles < (int64_t{1} << 31), "gemm_i8_sm90: ", describe(a, b, d, opt), " has too many tiles");
-  const int grid = static_cast<int>(std::min<int64_t>(tiles, device_support().sms));
+  const int grid = static_cast<int>(std::min<int64_t>(tiles, sm_count()));
   const bool bf16 = d.dtype() == DType::bf16;
   const size_t out_bytes = bf16 ? 2 : 4;
   // TMA stores need 16-byte aligned rows of D.

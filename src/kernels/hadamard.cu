@@ -33,6 +33,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "core/numerics.h"
 #include "core/stream.h"
 #include "kernels/hadamard.cuh"
 #include "kernels/hadamard.h"
@@ -382,8 +383,6 @@ __device__ __forceinline__ void rotate_store32(float (&a)[32], float (&b)[32], f
   for (int j = 0; j < 32; ++j) *reinterpret_cast<float2*>(tile + ctile_at(s0 + step * j, c)) = make_float2(a[j], b[j]);
 }
 
-// |v| as bits (non-negative floats order like their bits; a NaN's exceed infinity's).
-__device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
 // |v| as written to a TO element, as bits.
 template <class TO>
 __device__ __forceinline__ uint32_t written_abs_bits(float v) {

@@ -40,10 +40,6 @@ Shape scale_shape(Granularity g, int64_t R, int64_t C) {
 
 namespace {
 
-// |v| as bits: max over these is the absmax, and a NaN (bits above those of
-// infinity) wins every comparison, so it propagates into the scale.
-inline uint32_t abs_bits(float v) { return float_bits(v) & 0x7fffffffu; }
-
 inline uint8_t encode(float v, DType t, bool stochastic, float u) {
   switch (t) {
     case DType::i8:

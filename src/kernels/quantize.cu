@@ -77,8 +77,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-__device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
-
 // ---- loads: V consecutive inputs as float (V = 8 needs 16-byte alignment) ----
 // From global memory through the read-only path (x is never written by these
 // kernels), so the compiler may issue loads ahead of the code stores.
