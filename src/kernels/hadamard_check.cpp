@@ -283,8 +283,9 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
   std::vector<CheckResult> results;
   uint64_t seed = 1000;
   for (const Case& c : cases) results.push_back(check_case(c, seed++));
-  // The one-pass kernel for 1024 C rows (C = 1, 2, 4, 8, 16) and a shape it does not take.
-  const int64_t absmax_shapes[][2] = {{8192, 48}, {1024, 16}, {2048, 32}, {16384, 16}, {96, 40}};
+  // The one-pass kernel for 1024 C rows (C = 1, 2, 4, 8, 16) and a shape it does not take;
+  // 1024 x 128: the transposed codes by whole 64 x 64 tiles (quantize_t_kernel) from the given maxima.
+  const int64_t absmax_shapes[][2] = {{8192, 48}, {1024, 16}, {2048, 32}, {16384, 16}, {96, 40}, {1024, 128}};
   for (const auto& sh : absmax_shapes) {
     results.push_back(check_cols_absmax(sh[0], sh[1], bf16, bf16, seed++));
     results.push_back(check_cols_absmax(sh[0], sh[1], f32, bf16, seed++));

@@ -24,7 +24,9 @@
 //              array made by pass 2 with the column-side multipliers). Writing it
 //              from pass 2 in strips of 32 rows (32-byte column pieces) was measured
 //              2-5x slower than this separate transpose: scattered column pieces
-//              defeat DRAM write locality.
+//              defeat DRAM write locality. Unrotated rows with one multiplier (per
+//              tensor, unscaled) in whole 64 x 64 tiles take quantize_t_kernel
+//              instead: pass 2 by the transpose's own tiles, x read once.
 // Non-negative floats order like their bits and NaN bits exceed those of
 // infinity, so maxima on the bits propagate a NaN into its scale.
 //
@@ -77,7 +79,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-// ---- loads: V consecutive inputs as float (V = 8 needs 16-byte alignment) ----
+// ---- loads: V consecutive inputs as float (V = 4, 8: aligned vectors) ----
 // From global memory through the read-only path (x is never written by these
 // kernels), so the compiler may issue loads ahead of the code stores.
 __device__ __forceinline__ void unpack_bf16x2(uint32_t w, float& lo, float& hi) {
@@ -91,6 +93,9 @@ __device__ __forceinline__ void load_global(const float* p, float (&v)[V]) {
     const float4 a = __ldg(reinterpret_cast<const float4*>(p));
     const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else if constexpr (V == 4) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
   } else {
 #pragma unroll
     for (int j = 0; j < V; ++j) v[j] = __ldg(p + j);
@@ -106,6 +111,10 @@ __device__ __forceinline__ void load_global(const uint16_t* p, float (&v)[V]) {
     unpack_bf16x2(a.y, v[2], v[3]);
     unpack_bf16x2(a.z, v[4], v[5]);
     unpack_bf16x2(a.w, v[6], v[7]);
+  } else if constexpr (V == 4) {
+    const uint2 a = __ldg(reinterpret_cast<const uint2*>(p));
+    unpack_bf16x2(a.x, v[0], v[1]);
+    unpack_bf16x2(a.y, v[2], v[3]);
   } else {
 #pragma unroll
     for (int j = 0; j < V; ++j) v[j] = __uint_as_float(static_cast<uint32_t>(__ldg(p + j)) << 16);
@@ -476,6 +485,7 @@ struct Params {
   const float* mul_t;  // multipliers of acc_t's groups
   uint8_t* q_o;        // [R, C] codes for out (or the transposed copy's source), or null
   uint8_t* q_t;        // [R, C] codes with mul_t (the transposed copy's source), or null
+  uint8_t* q_tr;       // quantize_t_kernel: [C, R] the transposed copy itself
   float* scale_o;      // per-tensor: out's scale [1] (or null); per-row one pass: out's scales [R]
   float* scale_t;      // per-tensor: out_t's scale [1], or null
   bool row_max;        // per-row scales, computed from the row itself (one pass)
@@ -1163,14 +1173,39 @@ __global__ void __launch_bounds__(kThreads, 2) p_quantize_kernel(Params p) {
   }
 }
 
-// [R, C] bytes -> [C, R] bytes, R % 4 == 0, C % 4 == 0, 4-byte aligned.
-// 64 x 64 tiles, 256 threads: thread (ty, tx) reads a 4 x 4 byte block (rows
-// 4ty.., word column tx), transposes it in registers and puts it in shared
-// memory; then every thread writes words of the tile's output rows. Global
+// ---- byte tiles transposed: 64 x 64, 256 threads -----------------------------------
+// Thread (ty, tx) = (threadIdx.x / 16, threadIdx.x % 16) holds a 4 x 4 byte block of
+// the tile (rows 4 ty.., word column tx), transposes it in registers and puts it in
+// shared memory; then every thread writes words of the tile's output rows. Global
 // reads and writes are 64 contiguous bytes per half-warp.
+using ByteTile = uint32_t[64][17];  // [tile column = output row][word of 4 input rows]; padded
+
+// w[i]: the thread's word of input row 4 ty + i.
+__device__ __forceinline__ void put_transposed(ByteTile& tile, const uint32_t (&w)[4], int tx, int ty) {
+  // Word k of the result holds byte k of w[0..3] (input rows 4ty..4ty+3 of column 4 tx + k).
+  const uint32_t a = __byte_perm(w[0], w[1], 0x5140), b = __byte_perm(w[0], w[1], 0x7362);
+  const uint32_t d = __byte_perm(w[2], w[3], 0x5140), e = __byte_perm(w[2], w[3], 0x7362);
+  tile[4 * tx + 0][ty] = __byte_perm(a, d, 0x5410);
+  tile[4 * tx + 1][ty] = __byte_perm(a, d, 0x7632);
+  tile[4 * tx + 2][ty] = __byte_perm(b, e, 0x5410);
+  tile[4 * tx + 3][ty] = __byte_perm(b, e, 0x7632);
+}
+
+// The tile at input (r0, c0) of [R, C] to out [C, R], after a barrier.
+__device__ __forceinline__ void store_transposed(const ByteTile& tile, uint8_t* out, int64_t R, int64_t C,
+                                                 int64_t r0, int64_t c0, int tx, int ty) {
+  const int64_t r = r0 + 4 * tx;  // output column (input row) of this thread's word
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int j = ty + 16 * i;  // output row c0 + j
+    if (c0 + j < C && r < R) *reinterpret_cast<uint32_t*>(out + (c0 + j) * R + r) = tile[j][tx];
+  }
+}
+
+// [R, C] bytes -> [C, R] bytes, R % 4 == 0, C % 4 == 0, 4-byte aligned; a block per tile.
 __global__ void __launch_bounds__(256) transpose_u8_kernel(const uint8_t* in, uint8_t* out, int64_t R,
                                                           int64_t C) {
-  __shared__ uint32_t tile[64][17];  // [tile column = output row][word of 4 input rows]; padded
+  __shared__ ByteTile tile;
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 64, c0 = static_cast<int64_t>(blockIdx.y) * 64;
   const int64_t c = c0 + 4 * tx;
@@ -1180,19 +1215,54 @@ __global__ void __launch_bounds__(256) transpose_u8_kernel(const uint8_t* in, ui
     const int64_t r = r0 + 4 * ty + i;
     w[i] = (r < R && c < C) ? *reinterpret_cast<const uint32_t*>(in + r * C + c) : 0u;
   }
-  // Word k of the result holds byte k of w[0..3] (input rows 4ty..4ty+3 of column c + k).
-  const uint32_t a = __byte_perm(w[0], w[1], 0x5140), b = __byte_perm(w[0], w[1], 0x7362);
-  const uint32_t d = __byte_perm(w[2], w[3], 0x5140), e = __byte_perm(w[2], w[3], 0x7362);
-  tile[4 * tx + 0][ty] = __byte_perm(a, d, 0x5410);
-  tile[4 * tx + 1][ty] = __byte_perm(a, d, 0x7632);
-  tile[4 * tx + 2][ty] = __byte_perm(b, e, 0x5410);
-  tile[4 * tx + 3][ty] = __byte_perm(b, e, 0x7632);
+  put_transposed(tile, w, tx, ty);
   __syncthreads();
-  const int64_t r = r0 + 4 * tx;  // output column (input row) of this thread's word
+  store_transposed(tile, out, R, C, r0, c0, tx, ty);
+}
+
+// Pass 2 of per-tensor (or unscaled) codes of unrotated rows that writes the
+// transposed copy itself (q_tr), and out's codes too when q_o is set: the byte
+// tiles above, coded from the input on the way in (x read once; the row-major
+// codes are not written and read again for the transpose). Persistent grid,
+// tiles down the rows first (as transpose_u8_kernel's grid, whose output rows
+// then fill in order); R % 64 == 0, C % 64 == 0, 16-byte aligned rows.
+template <class In, DType D>
+__global__ void __launch_bounds__(kThreads) quantize_t_kernel(Params p) {
+  __shared__ ByteTile tile;
+  __shared__ uint32_t red[kWarps];
+  const int t = static_cast<int>(threadIdx.x), tx = t & 15, ty = t >> 4;
+  const In* x = static_cast<const In*>(p.x);
+  const int64_t R = p.R, C = p.C, tiles_r = R / 64, tiles = tiles_r * (C / 64);
+  // The thread's 4 x 4 inputs of tile k (the next tile's are loaded before this one is coded).
+  const auto load_tile = [&](int64_t k, float (&v)[4][4]) {
+    const int64_t r0 = k % tiles_r * 64, c = k / tiles_r * 64 + 4 * tx;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int j = ty + 16 * i;  // output row c0 + j
-    if (c0 + j < C && r < R) *reinterpret_cast<uint32_t*>(out + (c0 + j) * R + r) = tile[j][tx];
+    for (int i = 0; i < 4; ++i) load_global<4>(x + (r0 + 4 * ty + i) * C + c, v[i]);
+  };
+  float v[4][4];
+  if (blockIdx.x < tiles) load_tile(blockIdx.x, v);
+  const float m = p.partial ? tensor_multiplier(p, red) : 1.0f;  // 1: unscaled
+  for (int64_t k = blockIdx.x; k < tiles; k += gridDim.x) {
+    const int64_t r0 = k % tiles_r * 64, c0 = k / tiles_r * 64, c = c0 + 4 * tx;
+    float next[4][4];
+    if (k + gridDim.x < tiles) load_tile(k + gridDim.x, next);
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float y[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) y[j] = __fmul_rn(v[i][j], m);
+      w[i] = encode2<D>(y[0], y[1]) | (encode2<D>(y[2], y[3]) << 16);
+      if (p.q_o) *reinterpret_cast<uint32_t*>(p.q_o + (r0 + 4 * ty + i) * C + c) = w[i];
+    }
+    __syncthreads();  // the previous tile's words are out
+    put_transposed(tile, w, tx, ty);
+    __syncthreads();
+    store_transposed(tile, p.q_tr, R, C, r0, c0, tx, ty);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[i][j] = next[i][j];
   }
 }
 
@@ -1489,11 +1559,15 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     finalize(f);
   }
 
-  // Pass 2: codes, then the transposed copy.
+  // Pass 2: codes, then the transposed copy; or both by byte tiles (quantize_t_kernel)
+  // for one multiplier, unrotated rows and whole tiles.
+  const bool by_tiles = out_t && (tensor || !spec.scaled) && cfg.mode == kDirect && cfg.V == 8 && !spec.stochastic &&
+                        R % 64 == 0 && C % 64 == 0;
   Tensor tmp;  // row-major codes for the transposed copy when out's cannot serve
-  if (out_t && !(same_codes && out)) tmp = Tensor::empty({R, C}, spec.dtype, Device::cuda);
-  p.q_o = out ? out->data.data_as<uint8_t>() : (out_t && same_codes ? tmp.data_as<uint8_t>() : nullptr);
+  if (out_t && !(same_codes && out) && !by_tiles) tmp = Tensor::empty({R, C}, spec.dtype, Device::cuda);
+  p.q_o = out ? out->data.data_as<uint8_t>() : (tmp.defined() && same_codes ? tmp.data_as<uint8_t>() : nullptr);
   p.q_t = need_t ? tmp.data_as<uint8_t>() : nullptr;
+  p.q_tr = by_tiles ? out_t->data.data_as<uint8_t>() : nullptr;
   p.mul_o = mul_o, p.mul_t = mul_t;
   p.row_max = row_onepass;
   if (tensor) {
@@ -1501,6 +1575,21 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     p.scale_t = out_t ? out_t->scale.data_as<float>() : nullptr;
   } else if (row_onepass) {
     p.scale_o = out->scale.data_as<float>();
+  }
+  if (by_tiles) {
+    const auto run = [&](auto kernel) {
+      launch(kernel, std::min(R * C / 4096, resident_blocks(kernel, kThreads)), 0, p);  // 4096: a tile's bytes
+    };
+    const auto run_in = [&](auto in) {
+      using In = decltype(in);
+      switch (spec.dtype) {
+        case DType::i8: run(quantize_t_kernel<In, DType::i8>); break;
+        case DType::e4m3: run(quantize_t_kernel<In, DType::e4m3>); break;
+        default: run(quantize_t_kernel<In, DType::e5m2>); break;
+      }
+    };
+    cfg.f32 ? run_in(float{}) : run_in(uint16_t{});
+    return;
   }
   dispatch(cfg, [&](auto var) {
     using Var = decltype(var);
