@@ -97,8 +97,11 @@ int bench_kernels(const std::vector<std::string>& argv) {
   const Tensor a = random_tensor({M, K}, act, device, 2), b = random_tensor({N, K}, act, device, 3);
   Tensor d = Tensor::empty({M, N}, act, device);
   const double bf16_ms = median_ms(device, warmup, iters, [&] { gemm_nt(a, b, d); });
-  std::printf("%-52s %10.4f %10.1f %7.2fx\n", (std::string(dtype_name(act)) + " -> " + dtype_name(act).data()).c_str(),
-              bf16_ms, flops / (bf16_ms * 1e9), 1.0);
+  const auto gemm_row = [&](const std::string& name, double ms) {
+    std::printf("%-52s %10.4f %10.1f %7.2fx\n", (name + " -> " + dtype_name(act).data()).c_str(), ms,
+                flops / (ms * 1e9), bf16_ms / ms);
+  };
+  gemm_row(std::string(dtype_name(act)), bf16_ms);
   for (DType q : {DType::e4m3, DType::i8}) {
     for (Granularity g : {Granularity::tensor, Granularity::row, Granularity::block1x128}) {
       if (q == DType::i8 && g == Granularity::block1x128) continue;
@@ -114,11 +117,7 @@ int bench_kernels(const std::vector<std::string>& argv) {
         GemmOptions opt;
         opt.fast_accum = fast;
         const double ms = median_ms(device, warmup, iters, [&] { gemm_nt(qa, qb, d, opt); });
-        std::printf("%-52s %10.4f %10.1f %7.2fx\n",
-                    (std::string(dtype_name(q)) + " " + granularity_name(g).data() + (fast ? " fastacc" : "") +
-                     " -> " + dtype_name(act).data())
-                        .c_str(),
-                    ms, flops / (ms * 1e9), bf16_ms / ms);
+        gemm_row(std::string(dtype_name(q)) + " " + granularity_name(g).data() + (fast ? " fastacc" : ""), ms);
       }
       // INT8 on the GPU also as cuBLASLt's int32 product and the separate scaling pass
       // (what runs where the fused Hopper kernel does not).
@@ -128,11 +127,7 @@ int bench_kernels(const std::vector<std::string>& argv) {
           gemm_nt(qa.data, qb.data, acc);
           scale_i32(acc, qa, qb, d);
         });
-        std::printf("%-52s %10.4f %10.1f %7.2fx\n",
-                    (std::string("i8 ") + granularity_name(g).data() + " -> i32 + scale_i32 -> " +
-                     dtype_name(act).data())
-                        .c_str(),
-                    ms, flops / (ms * 1e9), bf16_ms / ms);
+        gemm_row(std::string("i8 ") + granularity_name(g).data() + " -> i32 + scale_i32", ms);
       }
     }
   }

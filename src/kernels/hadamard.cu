@@ -636,11 +636,11 @@ void run_cols(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool tran
 }
 
 template <template <class, class> class F, class... Args>
-void dispatch2(DType ti, DType to, Args&&... args) {
-  if (ti == DType::f32 && to == DType::f32) F<float, float>::run(args...);
-  else if (ti == DType::f32) F<float, __nv_bfloat16>::run(args...);
-  else if (to == DType::f32) F<__nv_bfloat16, float>::run(args...);
-  else F<__nv_bfloat16, __nv_bfloat16>::run(args...);
+auto dispatch2(DType ti, DType to, Args&&... args) {
+  if (ti == DType::f32 && to == DType::f32) return F<float, float>::run(args...);
+  if (ti == DType::f32) return F<float, __nv_bfloat16>::run(args...);
+  if (to == DType::f32) return F<__nv_bfloat16, float>::run(args...);
+  return F<__nv_bfloat16, __nv_bfloat16>::run(args...);
 }
 
 template <class TI, class TO>
@@ -650,6 +650,12 @@ struct RowsOp {
 template <class TI, class TO>
 struct ColsOp {
   static void run(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, bool t) { run_cols<TI, TO>(x, y, p, t); }
+};
+template <class TI, class TO>
+struct ColsAbsmaxOp {
+  static bool run(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, Tensor& amax) {
+    return run_cols_by_cluster<TI, TO>(x, y, p, {}, &amax);
+  }
 };
 
 }  // namespace
@@ -669,12 +675,7 @@ void hadamard_cols_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, 
 }
 
 bool hadamard_cols_absmax_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, Tensor& amax) {
-  const HadamardDevicePlan p = hadamard_device_plan(plan);
-  if (x2.dtype() == DType::bf16 && y2.dtype() == DType::bf16)
-    return run_cols_by_cluster<__nv_bfloat16, __nv_bfloat16>(x2, y2, p, {}, &amax);
-  if (x2.dtype() == DType::f32 && y2.dtype() == DType::f32) return run_cols_by_cluster<float, float>(x2, y2, p, {}, &amax);
-  if (x2.dtype() == DType::f32) return run_cols_by_cluster<float, __nv_bfloat16>(x2, y2, p, {}, &amax);
-  return run_cols_by_cluster<__nv_bfloat16, float>(x2, y2, p, {}, &amax);
+  return dispatch2<ColsAbsmaxOp>(x2.dtype(), y2.dtype(), x2, y2, hadamard_device_plan(plan), amax);
 }
 
 bool hadamard_cols_i32_cuda(const Tensor& acc, const float* sa, int64_t sa_step, const float* sb, int64_t sb_step,

@@ -130,6 +130,7 @@ void quantize_cpu(const Tensor& x2, const QuantSpec& spec, bool rotate, QTensor*
       }
     }
     const float qmax = qmax_of(spec.dtype);
+    const uint32_t given = spec.absmax_parts ? max_abs_bits(*spec.absmax_parts) : 0;  // per tensor only
     if (out) {
       std::vector<uint32_t> amax(static_cast<size_t>(out->scale.numel()), 0);
       for (int64_t r = 0; r < R; ++r)
@@ -137,7 +138,7 @@ void quantize_cpu(const Tensor& x2, const QuantSpec& spec, bool rotate, QTensor*
           uint32_t& a = amax[scale_index(g, r, k * 128, R, C)];
           a = std::max(a, chunk[r * nc + k]);
         }
-      if (spec.absmax_parts) amax[0] = max_abs_bits(*spec.absmax_parts);
+      if (spec.absmax_parts) amax[0] = given;
       finish_groups(amax, qmax, mul_o, out->scale);
     }
     if (out_t) {  // element (c, r) of the [C, R] copy
@@ -147,7 +148,7 @@ void quantize_cpu(const Tensor& x2, const QuantSpec& spec, bool rotate, QTensor*
           uint32_t& a = amax[scale_index(g, c, rb * 128, C, R)];
           a = std::max(a, colblk[rb * C + c]);
         }
-      if (spec.absmax_parts) amax[0] = max_abs_bits(*spec.absmax_parts);
+      if (spec.absmax_parts) amax[0] = given;
       finish_groups(amax, qmax, mul_t, out_t->scale);
     }
   }

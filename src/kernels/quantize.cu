@@ -1233,17 +1233,18 @@ __global__ void __launch_bounds__(kThreads) quantize_t_kernel(Params p) {
   const int t = static_cast<int>(threadIdx.x), tx = t & 15, ty = t >> 4;
   const In* x = static_cast<const In*>(p.x);
   const int64_t R = p.R, C = p.C, tiles_r = R / 64, tiles = tiles_r * (C / 64);
+  const auto row0 = [&](int64_t k) { return k % tiles_r * 64; };  // tile k's first row and column
+  const auto col0 = [&](int64_t k) { return k / tiles_r * 64; };
   // The thread's 4 x 4 inputs of tile k (the next tile's are loaded before this one is coded).
   const auto load_tile = [&](int64_t k, float (&v)[4][4]) {
-    const int64_t r0 = k % tiles_r * 64, c = k / tiles_r * 64 + 4 * tx;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) load_global<4>(x + (r0 + 4 * ty + i) * C + c, v[i]);
+    for (int i = 0; i < 4; ++i) load_global<4>(x + (row0(k) + 4 * ty + i) * C + col0(k) + 4 * tx, v[i]);
   };
   float v[4][4];
   if (blockIdx.x < tiles) load_tile(blockIdx.x, v);
   const float m = p.partial ? tensor_multiplier(p, red) : 1.0f;  // 1: unscaled
   for (int64_t k = blockIdx.x; k < tiles; k += gridDim.x) {
-    const int64_t r0 = k % tiles_r * 64, c0 = k / tiles_r * 64, c = c0 + 4 * tx;
+    const int64_t r0 = row0(k), c0 = col0(k), c = c0 + 4 * tx;
     float next[4][4];
     if (k + gridDim.x < tiles) load_tile(k + gridDim.x, next);
     uint32_t w[4];
