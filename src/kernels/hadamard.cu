@@ -157,14 +157,15 @@ __global__ void __launch_bounds__(hadamard_detail::kSThreads, 2)
   using S = hadamard_detail::SRot<D>;
   const int t = static_cast<int>(threadIdx.x), w = t / S::T, lt = t % S::T;
   const int64_t groups = (rows + S::Q - 1) / S::Q;
+  constexpr bool kBlock = D == 4096;  // the block's barriers (measured faster at this width)
   float* s = reinterpret_cast<float*>(smem_s) + w * D;
   uint16_t* raw = reinterpret_cast<uint16_t*>(reinterpret_cast<unsigned char*>(smem_s) + hadamard_detail::kSRotBytes);
   if constexpr (sizeof(In) == 2)
     if (blockIdx.x < groups)
-      hadamard_detail::s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), rows, blockIdx.x, raw);
+      hadamard_detail::s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), rows, blockIdx.x, raw, w, lt);
   for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
     const int64_t r = g * S::Q + w;
-    hadamard_detail::s_group_pass_a<D>(x, rows, g, g + gridDim.x < groups ? g + gridDim.x : -1, s, raw, w, lt);
+    hadamard_detail::s_group_pass_a<D, kBlock>(x, rows, g, g + gridDim.x < groups ? g + gridDim.x : -1, s, raw, w, lt);
     if (r < rows) {
       float v[64];
       hadamard_detail::s_pass_b<D>(s, lt, v);
@@ -173,7 +174,7 @@ __global__ void __launch_bounds__(hadamard_detail::kSThreads, 2)
       for (int j = 0; j < 64; ++j) v[j] *= scale;
       hadamard_detail::s_put64(s, lt, v);
     }
-    __syncthreads();  // the whole row is back in s
+    hadamard_detail::s_row_sync<S::T, kBlock>(w);  // the whole row is back in s
     if (r < rows) {
 #pragma unroll
       for (int k = 0; k < 8; ++k) {

@@ -828,19 +828,19 @@ constexpr size_t s_smem() {
 }
 
 // Maximum over the T threads of each row (T = 32, 64, 128: rows of whole warps);
-// all threads call it.
+// all threads call it, each row's threads wait for each other only.
 template <int T>
 __device__ __forceinline__ uint32_t quad_row_max(uint32_t a, uint32_t* red) {
   a = warp_max(a);
   if constexpr (T == 32) return a;
+  const int row = static_cast<int>(threadIdx.x) / T;
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = a;
-  __syncthreads();
+  hadamard_detail::s_row_sync<T>(row);
   constexpr int kW = T / 32;
-  const int w0 = static_cast<int>(threadIdx.x) / T * kW;
-  a = red[w0];
+  a = red[row * kW];
 #pragma unroll
-  for (int i = 1; i < kW; ++i) a = max(a, red[w0 + i]);
-  __syncthreads();  // red is reused
+  for (int i = 1; i < kW; ++i) a = max(a, red[row * kW + i]);
+  hadamard_detail::s_row_sync<T>(row);  // red is reused
   return a;
 }
 
@@ -860,7 +860,7 @@ __global__ void __launch_bounds__(kThreads, 2) absmax_s_kernel(Params p) {
   float* s = reinterpret_cast<float*>(dyn_smem) + w * D;
   uint16_t* raw = reinterpret_cast<uint16_t*>(dyn_smem + kSRot);
   if constexpr (kPre)
-    if (blockIdx.x < nq) s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), R, blockIdx.x, raw);
+    if (blockIdx.x < nq) s_prefetch<D>(reinterpret_cast<const uint16_t*>(x), R, blockIdx.x, raw, w, lt);
   uint32_t a = 0;
   for (int64_t quad = blockIdx.x; quad < nq; quad += gridDim.x) {
     const int64_t r = quad * S::Q + w;
@@ -982,6 +982,20 @@ __device__ __forceinline__ void rot_codes(const Params& p, int64_t r, int64_t c0
   }
 }
 
+// The multiplier that codes the rotated row's unscaled values v as the reference
+// codes fl(fl(v * scale) * m): m * scale, one rounding, where that is the same (scale
+// a power of two, as for d = 4096, and m * scale normal, so that fl(v * scale) is
+// exact unless subnormal; m <= 2^108, so that such values code to zero either way;
+// round to nearest); else v is scaled in place and m returned.
+template <bool kSR>
+__device__ __forceinline__ float scaled_multiplier(float (&v)[64], float scale, float m) {
+  const float ms = m * scale;
+  if (!kSR && (__float_as_uint(scale) & 0x7fffffu) == 0 && ms >= 0x1p-126f && m <= 0x1p108f) return ms;
+#pragma unroll
+  for (int j = 0; j < 64; ++j) v[j] *= scale;
+  return m;
+}
+
 // Pass 2 by groups of rows (kRotD > 0: the S rotation of d = kRotD; else unrotated,
 // C % 8 == 0, 16-byte aligned rows, four rows per block), and the per-row one-pass
 // scaling: codes in descending row order (group nq - 1 - blockIdx.x - k * gridDim.x);
@@ -1005,37 +1019,35 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
   uint16_t* raw = reinterpret_cast<uint16_t*>(dyn_smem + kSRot);
   int64_t item = blockIdx.x, next = item + grid;
   if constexpr (kPre)
-    if (item < nq) s_prefetch<kRotD>(reinterpret_cast<const uint16_t*>(x), R, nq - 1 - item, raw);
+    if (item < nq) s_prefetch<kRotD>(reinterpret_cast<const uint16_t*>(x), R, nq - 1 - item, raw, w, lt);
   while (item < nq) {
     const int64_t quad = nq - 1 - item, r = quad * kQ + w;
     const bool valid = r < R;
     if constexpr (kRot) {
       float* s = reinterpret_cast<float*>(dyn_smem) + w * kRotD;
       s_group_pass_a<kRotD>(x, R, quad, next < nq ? nq - 1 - next : -1, s, raw, w, lt);
-      // Pass B; the thread's 64 scaled values stay in registers across the row
-      // maximum and are coded from there (put back to s and read again, they cost
-      // a third of the kernel's shared-memory traffic). Rows past the end (r >= R)
+      // Pass B; the thread's 64 values stay in registers across the row maximum
+      // and are coded from there (put back to s and read again, they cost a
+      // third of the kernel's shared-memory traffic). Rows past the end (r >= R)
       // rotate stale values of s, counted nowhere: a branch around pass B made
-      // ptxas spill v.
-      uint32_t a = 0;
+      // ptxas spill v. The values are not yet scaled: the maximum of the scaled
+      // ones is the scaled maximum (rounding is monotonic).
       float v[64];
       s_pass_b<kRotD>(s, lt, v);
-#pragma unroll
-      for (int j = 0; j < 64; ++j) {
-        v[j] *= p.plan.scale;
-        a = max(a, abs_bits(v[j]));
-      }
-      if (!valid) a = 0;
       if constexpr (kT == 128) __syncwarp();  // the neighbour (same warp) has read this thread's part
       float m = m_all;
       if (p.row_max) {
-        const float amax = __uint_as_float(quad_row_max<kT>(a, red));
+        uint32_t a = 0;
+#pragma unroll
+        for (int j = 0; j < 64; ++j) a = max(a, abs_bits(v[j]));
+        const float amax = __uint_as_float(quad_row_max<kT>(valid ? a : 0u, red)) * p.plan.scale;
         m = quant_multiplier(amax, p.qmax);
         if (valid && lt == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
       }
       if (valid && p.q_o) {
         const int64_t c0 = 64 * lt;
-        const float mo = uniform ? m : p.mul_o[scale_index(g, r, c0, R, C)];  // 64 columns: one group
+        const float mo = scaled_multiplier<kSR>(v, p.plan.scale,  // 64 columns: one group
+                                                uniform ? m : p.mul_o[scale_index(g, r, c0, R, C)]);
         switch (p.dtype) {
           case DType::i8: rot_codes<DType::i8, kSR>(p, r, c0, v, s, lt, mo); break;
           case DType::e4m3: rot_codes<DType::e4m3, kSR>(p, r, c0, v, s, lt, mo); break;
