@@ -37,7 +37,8 @@
 //              T threads per row: two register passes of up to radix 64 with one
 //              bank-conflict-free exchange through shared memory, no per-element
 //              index arithmetic; the next bf16 rows are prefetched with cp.async
-//              while the current ones are rotated).
+//              while the current ones are rotated; each row's threads synchronise
+//              alone, s_row_sync).
 //   quantize_kernel / absmax_kernel / absmax_tensor_kernel  one row at a time per
 //              block, for the other rotated widths and the scalar fallbacks, with
 //              the rotation fused three ways (RowMode):
