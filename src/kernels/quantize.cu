@@ -193,6 +193,15 @@ __device__ __forceinline__ void store_codes(uint8_t* dst, const float (&y)[V], c
 }
 
 // ---- reductions ----------------------------------------------------------------
+// The largest |v| of an array, as bits.
+template <int M>
+__device__ __forceinline__ uint32_t max_abs_bits(const float (&v)[M]) {
+  uint32_t a = 0;
+#pragma unroll
+  for (int i = 0; i < M; ++i) a = max(a, abs_bits(v[i]));
+  return a;
+}
+
 __device__ __forceinline__ uint32_t warp_max(uint32_t v) {
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -869,8 +878,7 @@ __global__ void __launch_bounds__(kThreads, 2) absmax_s_kernel(Params p) {
     if (r < R) {
       float v[64];
       s_pass_b<D>(s, lt, v);
-#pragma unroll
-      for (int j = 0; j < 64; ++j) a = max(a, abs_bits(v[j]));
+      a = max(a, max_abs_bits(v));
     }
   }
   a = block_max(a, red);
@@ -1038,10 +1046,8 @@ __global__ void __launch_bounds__(kThreads, kRotD ? 2 : 3) quad_quantize_kernel(
       if constexpr (kT == 128) __syncwarp();  // the neighbour (same warp) has read this thread's part
       float m = m_all;
       if (p.row_max) {
-        uint32_t a = 0;
-#pragma unroll
-        for (int j = 0; j < 64; ++j) a = max(a, abs_bits(v[j]));
-        const float amax = __uint_as_float(quad_row_max<kT>(valid ? a : 0u, red)) * p.plan.scale;
+        const uint32_t a = valid ? max_abs_bits(v) : 0u;
+        const float amax = __uint_as_float(quad_row_max<kT>(a, red)) * p.plan.scale;
         m = quant_multiplier(amax, p.qmax);
         if (valid && lt == 0) p.scale_o[r] = quant_scale(amax, p.qmax);
       }
@@ -1111,14 +1117,6 @@ using hadamard_detail::dispatch_p_order;
 using hadamard_detail::p_rotate_row;
 using hadamard_detail::p_smem_bytes;
 static_assert(hadamard_detail::kPThreads == kThreads, "the P rotation runs on blocks of kThreads");
-
-template <int M>
-__device__ __forceinline__ uint32_t max_abs_bits(const float (&v)[M]) {
-  uint32_t a = 0;
-#pragma unroll
-  for (int i = 0; i < M; ++i) a = max(a, abs_bits(v[i]));
-  return a;
-}
 
 // Pass 1 of per-tensor scaling with the P rotation (bf16 rows): persistent grid,
 // rows in ascending order.
