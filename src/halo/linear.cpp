@@ -145,9 +145,8 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
   const int64_t rows = dy2.size(0);
   if (grad_b_.defined()) column_sum(dy2, grad_b_, /*accumulate=*/!grads_zero_);
 
-  Tensor dx;
   if (!recipe_.quantized()) {
-    dx = Tensor::empty({rows, in_}, dtype_, dy.device());
+    Tensor dx = Tensor::empty({rows, in_}, dtype_, dy.device());
     gemm(dy2, false, weight, false, dx, GemmOptions{});                         // dX = dY W
     gemm(dy2, true, saved.x, false, grad_w_, GemmOptions{1.0f, !grads_zero_});  // dW += dY^T X
     grads_zero_ = false;
@@ -176,14 +175,9 @@ Tensor HaloLinear::backward(const Tensor& dy, const LinearSaved& saved) {
   } else {
     quantize(dy2, gspec, false, &g, &g_t);
   }
-  if (recipe_.method == Method::halo2 && !recipe_.simulate && g.data.dtype() == DType::i8) {
-    // The product's scaling and R_b without a bf16 rounding between them.
-    dx = Tensor::empty({g.rows(), in_}, dtype_, dy.device());
-    gemm_nt_rotate_cols(g, w_qt_, dx, /*transpose=*/true);
-  } else {
-    dx = matmul_nt(g, w_qt_, nullptr, nullptr);  // [b (padded), n]
-    if (recipe_.method == Method::halo2) hadamard_cols(dx, dx, /*transpose=*/true);
-  }
+  // halo2: R_b is undone on the product in the layer's dtype (bf16 on the GPU), as in the method.
+  Tensor dx = matmul_nt(g, w_qt_, nullptr, nullptr);  // [b (padded), n]
+  if (recipe_.method == Method::halo2) hadamard_cols(dx, dx, /*transpose=*/true);
   if (recipe_.method == Method::halo2 && dx.size(0) != rows) {
     Tensor top = Tensor::empty({rows, in_}, dtype_, dx.device());
     top.copy_from(dx.rows(0, rows));

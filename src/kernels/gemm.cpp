@@ -18,7 +18,6 @@
 
 #include "core/error.h"
 #include "core/numerics.h"
-#include "kernels/hadamard.h"
 
 namespace halo {
 
@@ -395,40 +394,6 @@ void gemm_nt(const QTensor& a, const QTensor& b, Tensor& d, const GemmOptions& o
   const detail::GemmOperand B{&b.data, &b.scale, b.granularity, true};
   validate(A, B, d, opt, true);
   gemm_dispatch(A, B, d, opt);
-}
-
-void scale_i32_rotate_cols(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d, bool transpose) {
-  validate_scale_i32(acc, a, b, d);
-#ifdef HALO_HAS_CUDA
-  const auto step = [](const QTensor& q) { return q.granularity == Granularity::row ? int64_t{1} : int64_t{0}; };
-  if (acc.is_cuda() && detail::hadamard_cols_i32_cuda(acc, a.scale.data_as<float>(), step(a),
-                                                      b.scale.data_as<float>(), step(b), 1.0f, d, transpose))
-    return;
-#endif
-  Tensor s = Tensor::empty(acc.shape(), DType::f32, acc.device());
-  scale_i32(acc, a, b, s);
-  hadamard_cols(s, d, transpose);
-}
-
-void gemm_nt_rotate_cols(const QTensor& a, const QTensor& b, Tensor& d, bool transpose) {
-  HALO_CHECK(a.data.dtype() == DType::i8 && b.data.dtype() == DType::i8,
-             "gemm_nt_rotate_cols: expected i8 operands, got ", a.data.describe(), " and ", b.data.describe());
-  const int64_t M = a.rows(), N = b.rows();
-#ifdef HALO_HAS_CUDA
-  if (d.is_cuda()) {
-    Tensor prod = Tensor::empty({M, N}, DType::f32, Device::cuda);
-    const detail::GemmOperand A{&a.data, &a.scale, a.granularity, false};
-    const detail::GemmOperand B{&b.data, &b.scale, b.granularity, true};
-    if (detail::gemm_i8_sm90_runs(A, B, prod)) {
-      gemm_nt(a, b, prod);
-      hadamard_cols(prod, d, transpose);
-      return;
-    }
-  }
-#endif
-  Tensor acc = Tensor::empty({M, N}, DType::i32, d.device());
-  gemm_nt(a.data, b.data, acc);
-  scale_i32_rotate_cols(acc, a, b, d, transpose);
 }
 
 void scale_i32(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d, float alpha) {

@@ -64,19 +64,6 @@ void scale_i32(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d,
 void scale_i32(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d,
                const GemmOptions& opt);
 
-// d = hadamard_cols(S, transpose) for S = scale_i32(acc, a, b) (alpha 1), in
-// f32 and rounded once into d: halo2's dX epilogue (the product's scaling and
-// the token-dimension rotation). One pass on the GPU where hadamard_cols has its
-// one-pass kernel (hadamard.cu); otherwise scale_i32 into an f32 buffer, then
-// hadamard_cols.
-void scale_i32_rotate_cols(const Tensor& acc, const QTensor& a, const QTensor& b, Tensor& d, bool transpose);
-
-// d = hadamard_cols(S, transpose) for the scaled product S of INT8 operands a, b
-// (gemm_nt), in f32 and rounded once into d: halo2's dX. Where the GEMM scales
-// INT8 products itself (Hopper, gemm_sm90.cu) its f32 product is rotated;
-// elsewhere the int32 product goes through scale_i32_rotate_cols. Same values.
-void gemm_nt_rotate_cols(const QTensor& a, const QTensor& b, Tensor& d, bool transpose);
-
 namespace detail {
 // Internal: gemm.cpp validates the arguments, gemm.cu runs them on the GPU.
 // scale == nullptr means an unscaled operand (scale 1).

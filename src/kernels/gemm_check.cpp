@@ -345,57 +345,6 @@ CheckResult run_scale_i32(Granularity ga, Granularity gb, DType out, int64_t M, 
   return res;
 }
 
-// scale_i32_rotate_cols (halo2's dX epilogue): M is the rotated length. The
-// one-pass kernel for M = 1024 C and N % 16 == 0; scale_i32 + hadamard_cols else.
-CheckResult run_scale_i32_rotate_cols(Granularity ga, Granularity gb, DType out, int64_t M, int64_t N,
-                                      uint64_t seed) {
-  CheckResult res;
-  std::ostringstream name;
-  name << "scale_i32_rotate_cols [" << granularity_name(ga) << " x " << granularity_name(gb) << "] -> "
-       << dtype_name(out) << " " << M << "x" << N;
-  res.name = name.str();
-  res.tolerance = out == DType::bf16 ? 4e-3 : 1e-5;
-  try {
-    const I32Product p = random_i32_product(ga, gb, M, N, seed);
-    Tensor d_cpu = Tensor::empty({M, N}, out);
-    scale_i32_rotate_cols(p.acc, p.a, p.b, d_cpu, true);
-    Tensor d_gpu = Tensor::empty({M, N}, out, Device::cuda);
-    scale_i32_rotate_cols(p.acc.to(Device::cuda), to_device(p.a), to_device(p.b), d_gpu, true);
-    judge(res, d_gpu, d_cpu);
-  } catch (const std::exception& e) {
-    failed(res, e);
-  }
-  return res;
-}
-
-// gemm_nt_rotate_cols (halo2's dX: on Hopper the fused INT8 GEMM's f32 product,
-// then the column rotation) against the CPU's.
-CheckResult run_gemm_nt_rotate_cols(Granularity g, DType out, int64_t M, int64_t N, int64_t K, uint64_t seed) {
-  CheckResult res;
-  std::ostringstream name;
-  name << "gemm_nt_rotate_cols [" << granularity_name(g) << "] -> " << dtype_name(out) << " " << M << "x" << N
-       << "x" << K;
-  res.name = name.str();
-  res.tolerance = out == DType::bf16 ? 4e-3 : 1e-5;
-  try {
-    QTensor a, b;
-    a.data = make_data(DType::i8, K, seed + 1, 0, M);
-    a.scale = make_scales(g, DType::i8, K, seed + 1, 0, M);
-    a.granularity = g;
-    b.data = make_data(DType::i8, K, seed + 2, 0, N);
-    b.scale = make_scales(g, DType::i8, K, seed + 2, 0, N);
-    b.granularity = g;
-    Tensor d_cpu = Tensor::empty({M, N}, out);
-    gemm_nt_rotate_cols(a, b, d_cpu, true);
-    Tensor d_gpu = Tensor::empty({M, N}, out, Device::cuda);
-    gemm_nt_rotate_cols(to_device(a), to_device(b), d_gpu, true);
-    judge(res, d_gpu, d_cpu);
-  } catch (const std::exception& e) {
-    failed(res, e);
-  }
-  return res;
-}
-
 bool is_block(Granularity g) {
   return g == Granularity::block1x128 || g == Granularity::block128x128;
 }
@@ -545,8 +494,6 @@ std::vector<Case> full_cases() {
 
 // Token count x width: the one-pass kernel (8192 = 8 x 1024, 1024 = 1 x 1024, widths
 // of 16k) and the fallbacks (96 = 12 x 8 rows; 37 columns).
-constexpr std::pair<int64_t, int64_t> kRotateColsShapes[] = {{8192, 48}, {1024, 16}, {96, 40}, {2048, 37}};
-
 std::vector<CheckResult> gemm_cuda_checks(bool full) {
   if (!cuda_available()) return {};
   std::vector<Case> cases = small_cases();
@@ -565,17 +512,6 @@ std::vector<CheckResult> gemm_cuda_checks(bool full) {
       for (DType out_t : {DType::f32, DType::bf16})
         for (int64_t n : {48, 37})  // vectorized (N % 4 == 0) and scalar paths
           out.push_back(run_scale_i32(ga, gb, out_t, 67, n, seed++));
-  for (Granularity ga : {Granularity::tensor, Granularity::row})
-    for (Granularity gb : {Granularity::tensor, Granularity::row})
-      for (DType out_t : {DType::f32, DType::bf16})
-        for (const auto& [m, n] : kRotateColsShapes) out.push_back(run_scale_i32_rotate_cols(ga, gb, out_t, m, n, seed++));
-  if (full) out.push_back(run_scale_i32_rotate_cols(Granularity::row, Granularity::row, DType::bf16, 8192, 4096, seed++));
-  for (Granularity g : {Granularity::tensor, Granularity::row})
-    for (DType out_t : {DType::f32, DType::bf16}) {
-      out.push_back(run_gemm_nt_rotate_cols(g, out_t, 8192, 48, 64, seed++));  // the one-pass rotation
-      out.push_back(run_gemm_nt_rotate_cols(g, out_t, 96, 40, 32, seed++));    // the fallback
-    }
-  if (full) out.push_back(run_gemm_nt_rotate_cols(Granularity::tensor, DType::bf16, 8192, 4096, 4096, seed++));
   return out;
 }
 

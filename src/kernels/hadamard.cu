@@ -355,48 +355,59 @@ constexpr size_t kClusterSmem = size_t{kClusterRows} * kClusterCols * sizeof(flo
 // that rows 32 apart (pass B's lanes) fall on different banks.
 __device__ __forceinline__ int ctile_at(int s, int c) { return ((s ^ ((s >> 5) & 1)) << 4) | c; }
 
-// The INT8 epilogue's scales (scale_i32): element (i, j) of an i32 input is
-// alpha * a[i * a_step] * b[j * b_step] times its value; unused for f32 and bf16.
-struct I32Scales {
-  const float* a = nullptr;
-  int64_t a_step = 0;
-  const float* b = nullptr;
-  int64_t b_step = 0;
-  float alpha = 1.0f;
+
+// Columns c, c + 1 of 32 tile rows, the j-th at (j even ? even : odd) + 16 step j
+// floats: constant offsets from two pointers. Pass A's rows u + 32 j (u < 32)
+// flip bit 0 by bit 0 of j; pass B's rows 32 u + i all by bit 0 of u.
+struct TileRows {
+  float* even;
+  float* odd;
+  int step;
+  __device__ __forceinline__ float* at(int j) const { return (j & 1 ? odd : even) + 16 * step * j; }
 };
-
-// Two consecutive elements as f32: vec::load for f32 and bf16, converted for i32.
-template <class T>
-__device__ __forceinline__ void load_pair(const T* p, float (&v)[2]) {
-  vec::load<2>(p, v);
+__device__ __forceinline__ TileRows pass_a_rows(float* tile, int u, int c) {
+  return {tile + ctile_at(u, c), tile + ctile_at(u ^ 1, c), 32};
 }
-__device__ __forceinline__ void load_pair(const int32_t* p, float (&v)[2]) {
-  const int2 q = *reinterpret_cast<const int2*>(p);
-  v[0] = static_cast<float>(q.x), v[1] = static_cast<float>(q.y);
+__device__ __forceinline__ TileRows pass_b_rows(float* tile, int u, int c) {
+  const int f = u & 1;  // row 32 u + i is stored at 32 u + (i ^ f)
+  return {tile + ((32 * u + f) << 4) + c, tile + ((32 * u - f) << 4) + c, 1};
 }
 
-// a, b (columns c, c + 1 of tile rows s0 + step j, j < 32): rotated along the
-// rows and stored there.
-__device__ __forceinline__ void rotate_store32(float (&a)[32], float (&b)[32], float* tile, int s0, int step, int c) {
+// a, b (columns c, c + 1 of the 32 rows): rotated along the rows and stored there.
+__device__ __forceinline__ void rotate_store32(float (&a)[32], float (&b)[32], const TileRows& rows) {
   hadamard_detail::wht_regs<32>(a, 5);
   hadamard_detail::wht_regs<32>(b, 5);
 #pragma unroll
-  for (int j = 0; j < 32; ++j) *reinterpret_cast<float2*>(tile + ctile_at(s0 + step * j, c)) = make_float2(a[j], b[j]);
+  for (int j = 0; j < 32; ++j) *reinterpret_cast<float2*>(rows.at(j)) = make_float2(a[j], b[j]);
 }
 
-// |v| as written to a TO element, as bits.
+// |v| as written to a TO element, as bits, from |v|'s f32 bits (rounding is
+// monotonic: the largest |v| rounds to the largest written value).
 template <class TO>
-__device__ __forceinline__ uint32_t written_abs_bits(float v) {
-  if constexpr (std::is_same_v<TO, __nv_bfloat16>) return abs_bits(__bfloat162float(__float2bfloat16_rn(v)));
-  return abs_bits(v);
+__device__ __forceinline__ uint32_t written_abs_bits(uint32_t abs_f32_bits) {
+  if constexpr (std::is_same_v<TO, __nv_bfloat16>)
+    return abs_bits(__bfloat162float(__float2bfloat16_rn(__uint_as_float(abs_f32_bits))));
+  return abs_f32_bits;
 }
+
+// The cluster barrier in halves (PTX barrier.cluster): arrive with release
+// semantics (what the block wrote to its tile is visible to the cluster after
+// the wait), arrive relaxed (nothing to publish: no fence on the global
+// stores in flight), wait.
+__device__ __forceinline__ void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 
 // amax (or null): the block's max |x| to amax[b] and max |y| as written to
 // amax[blocks + b], b = the block's index in the grid (no atomics; the quantizer
-// reduces them, QuantSpec::absmax_parts). Not for i32 input.
+// reduces them, QuantSpec::absmax_parts).
 template <class TI, class TO, int C>
 __global__ void __launch_bounds__(kClusterThreads, 2)
-    cols_cluster_kernel(const TI* x, TO* y, int64_t cols, float scale, I32Scales sc, uint32_t* amax) {
+    cols_cluster_kernel(const TI* x, TO* y, int64_t cols, float scale, uint32_t* amax) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   extern __shared__ float4 smem_cluster[];
@@ -413,34 +424,28 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
       float v[2];
-      load_pair(src + static_cast<int64_t>(32 * j) * cols, v);
+      vec::load<2>(src + static_cast<int64_t>(32 * j) * cols, v);
       a[j] = v[0], b[j] = v[1];
     }
     if (amax) {
 #pragma unroll
       for (int j = 0; j < 32; ++j) max_x = max(max_x, max(abs_bits(a[j]), abs_bits(b[j])));
     }
-    if constexpr (std::is_same_v<TI, int32_t>) {  // as scale_i32: (q * (alpha * sa)) * sb
-      const float sb0 = sc.b[(c0 + cp) * sc.b_step], sb1 = sc.b[(c0 + cp + 1) * sc.b_step];
-#pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        const float si = sc.alpha * sc.a[(row0 + 32 * j) * sc.a_step];
-        a[j] = a[j] * si * sb0, b[j] = b[j] * si * sb1;
-      }
-    }
-    rotate_store32(a, b, tile, u, 32, cp);
+    rotate_store32(a, b, pass_a_rows(tile, u, cp));
   }
   __syncthreads();
   {  // pass B: rows 32 u + i, from the tile
     float a[32], b[32];
+    const TileRows rows = pass_b_rows(tile, u, cp);
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
-      const float2 v = *reinterpret_cast<const float2*>(tile + ctile_at(32 * u + i, cp));
+      const float2 v = *reinterpret_cast<const float2*>(rows.at(i));
       a[i] = v.x, b[i] = v.y;
     }
-    rotate_store32(a, b, tile, 32 * u, 1, cp);
+    rotate_store32(a, b, rows);
   }
-  cluster.sync();
+  cluster_arrive_release();
+  cluster_wait();
   const int share = kClusterRows / C;
   for (int task = t; task < share * 4; task += kClusterThreads) {
     const int s = q * share + (task >> 2), c = 4 * (task & 3);
@@ -463,15 +468,16 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
     for (int r = 0; r < C; ++r) {
       const float4 v = make_float4(z[r].x * scale, z[r].y * scale, z[r].z * scale, z[r].w * scale);
       hadamard_detail::ElementIO<TO>::store4(y + (static_cast<int64_t>(r) * kClusterRows + s) * cols + c0 + c, v);
-      if (amax)
-        max_y = max(max_y, max(max(written_abs_bits<TO>(v.x), written_abs_bits<TO>(v.y)),
-                               max(written_abs_bits<TO>(v.z), written_abs_bits<TO>(v.w))));
+      if (amax) max_y = max(max_y, max(max(abs_bits(v.x), abs_bits(v.y)), max(abs_bits(v.z), abs_bits(v.w))));
     }
   }
+  // Done with the other blocks' tiles (their values feed the stores issued);
+  // the wait at the end keeps this block's tile alive until all have arrived.
+  cluster_arrive_relaxed();
   if (amax) {  // block maxima: warps, then the 8 warps' results
     __shared__ uint32_t warp_max[2][kClusterThreads / 32];
     max_x = __reduce_max_sync(0xffffffffu, max_x);
-    max_y = __reduce_max_sync(0xffffffffu, max_y);
+    max_y = __reduce_max_sync(0xffffffffu, written_abs_bits<TO>(max_y));
     if (t % 32 == 0) warp_max[0][t / 32] = max_x, warp_max[1][t / 32] = max_y;
     __syncthreads();
     if (t < 2) {
@@ -481,7 +487,7 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
       amax[t * blocks + static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x] = m;
     }
   }
-  cluster.sync();  // no block leaves while others read its tile
+  cluster_wait();
 #endif
 }
 
@@ -514,12 +520,11 @@ void allow_cluster_kernel(Kernel kernel, int c) {
 }
 
 template <class TI, class TO, int C>
-void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale, const I32Scales& sc, uint32_t* amax) {
+void launch_cols_cluster(const void* x, void* y, int64_t cols, float scale, uint32_t* amax) {
   auto kernel = cols_cluster_kernel<TI, TO, C>;
   allow_cluster_kernel(kernel, C);
   ClusterLaunch l(C, static_cast<unsigned>(cols / kClusterCols));
-  CUDA_CHECK(
-      cudaLaunchKernelEx(&l.cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale, sc, amax));
+  CUDA_CHECK(cudaLaunchKernelEx(&l.cfg, kernel, static_cast<const TI*>(x), static_cast<TO*>(y), cols, scale, amax));
 }
 
 // Whether the current GPU runs clusters of `c` blocks (sm_90 and later; 16 needs
@@ -552,8 +557,7 @@ bool clusters_of(int c) {
 // a multiple of 16 columns, 16-byte aligned data, a GPU with clusters.
 // amax (or null): the kernel's per-block maxima, [2, blocks] f32 allocated here.
 template <class TI, class TO>
-bool run_cols_by_cluster(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, const I32Scales& sc = {},
-                         Tensor* amax = nullptr) {
+bool run_cols_by_cluster(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, Tensor* amax = nullptr) {
   const int64_t d = p.dim, cols = x.numel() / d;
   const int64_t c = d / kClusterRows;
   if (p.k != 1 || p.block != p.dim || d % kClusterRows != 0 || (c & (c - 1)) != 0 || c > 16) return false;
@@ -566,11 +570,11 @@ bool run_cols_by_cluster(const Tensor& x, Tensor& y, const HadamardDevicePlan& p
     m = amax->data_as<uint32_t>();
   }
   switch (c) {
-    case 1: launch_cols_cluster<TI, TO, 1>(x.data(), y.data(), cols, p.scale, sc, m); break;
-    case 2: launch_cols_cluster<TI, TO, 2>(x.data(), y.data(), cols, p.scale, sc, m); break;
-    case 4: launch_cols_cluster<TI, TO, 4>(x.data(), y.data(), cols, p.scale, sc, m); break;
-    case 8: launch_cols_cluster<TI, TO, 8>(x.data(), y.data(), cols, p.scale, sc, m); break;
-    default: launch_cols_cluster<TI, TO, 16>(x.data(), y.data(), cols, p.scale, sc, m); break;
+    case 1: launch_cols_cluster<TI, TO, 1>(x.data(), y.data(), cols, p.scale, m); break;
+    case 2: launch_cols_cluster<TI, TO, 2>(x.data(), y.data(), cols, p.scale, m); break;
+    case 4: launch_cols_cluster<TI, TO, 4>(x.data(), y.data(), cols, p.scale, m); break;
+    case 8: launch_cols_cluster<TI, TO, 8>(x.data(), y.data(), cols, p.scale, m); break;
+    default: launch_cols_cluster<TI, TO, 16>(x.data(), y.data(), cols, p.scale, m); break;
   }
   return true;
 }
@@ -655,7 +659,7 @@ struct ColsOp {
 template <class TI, class TO>
 struct ColsAbsmaxOp {
   static bool run(const Tensor& x, Tensor& y, const HadamardDevicePlan& p, Tensor& amax) {
-    return run_cols_by_cluster<TI, TO>(x, y, p, {}, &amax);
+    return run_cols_by_cluster<TI, TO>(x, y, p, &amax);
   }
 };
 
@@ -677,16 +681,6 @@ void hadamard_cols_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, 
 
 bool hadamard_cols_absmax_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, Tensor& amax) {
   return dispatch2<ColsAbsmaxOp>(x2.dtype(), y2.dtype(), x2, y2, hadamard_device_plan(plan), amax);
-}
-
-bool hadamard_cols_i32_cuda(const Tensor& acc, const float* sa, int64_t sa_step, const float* sb, int64_t sb_step,
-                            float alpha, Tensor& y, bool transpose) {
-  (void)transpose;  // the one-pass kernel's R (K = 1) is symmetric
-  const HadamardDevicePlan p = hadamard_device_plan(hadamard_plan(acc.size(0)));
-  I32Scales sc;
-  sc.a = sa, sc.a_step = sa_step, sc.b = sb, sc.b_step = sb_step, sc.alpha = alpha;
-  if (y.dtype() == DType::f32) return run_cols_by_cluster<int32_t, float>(acc, y, p, sc);
-  return run_cols_by_cluster<int32_t, __nv_bfloat16>(acc, y, p, sc);
 }
 
 }  // namespace detail

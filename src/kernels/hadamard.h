@@ -97,12 +97,6 @@ int64_t paley2_order(const std::vector<int8_t>& h, int64_t k);
 HadamardDevicePlan hadamard_device_plan(const HadamardPlan& plan);
 
 namespace detail {
-// hadamard_cols of S[i, j] = alpha * sa[i * sa_step] * sb[j * sb_step] * acc[i, j]
-// (acc i32 [d, cols] on the GPU, y f32 or bf16) in one pass, when the one-pass
-// column kernel applies; false (nothing done) otherwise. Used by
-// scale_i32_rotate_cols (gemm.h), which validates the arguments.
-bool hadamard_cols_i32_cuda(const Tensor& acc, const float* sa, int64_t sa_step, const float* sb, int64_t sb_step,
-                            float alpha, Tensor& y, bool transpose);
 // The one-pass column kernel with its maxima ([2, blocks] f32: |x|, |y|), when it
 // applies; false (nothing done) otherwise. For hadamard_cols_absmax.
 bool hadamard_cols_absmax_cuda(const Tensor& x2, Tensor& y2, const HadamardPlan& plan, Tensor& amax);

@@ -266,6 +266,10 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
     cases.push_back({true, d, 16, f32, f32, false, true, false, false});
   }
   cases.push_back({true, 4096, 48, bf16, bf16, false, false, true, false});
+  // Strips of 16 columns for several waves of clusters.
+  cases.push_back({true, 8192, 1040, bf16, bf16, false, false, false, false});
+  cases.push_back({true, 8192, 1040, f32, bf16, true, false, false, false});
+  cases.push_back({true, 16384, 528, bf16, bf16, false, false, false, false});
   // Rotated lengths beyond one block's shared memory: the multi-pass column kernels.
   cases.push_back({true, 65536, 3, f32, f32, false, false, false, false});
   cases.push_back({true, 98304, 2, bf16, bf16, true, false, false, false});  // 12 x 8192
@@ -285,7 +289,8 @@ std::vector<CheckResult> hadamard_cuda_checks(bool full) {
   for (const Case& c : cases) results.push_back(check_case(c, seed++));
   // The one-pass kernel for 1024 C rows (C = 1, 2, 4, 8, 16) and a shape it does not take;
   // 1024 x 128: the transposed codes by whole 64 x 64 tiles (quantize_t_kernel) from the given maxima.
-  const int64_t absmax_shapes[][2] = {{8192, 48}, {1024, 16}, {2048, 32}, {16384, 16}, {96, 40}, {1024, 128}};
+  const int64_t absmax_shapes[][2] = {{8192, 48}, {1024, 16}, {2048, 32}, {16384, 16},
+                                      {96, 40}, {1024, 128}, {8192, 1040}};
   for (const auto& sh : absmax_shapes) {
     results.push_back(check_cols_absmax(sh[0], sh[1], bf16, bf16, seed++));
     results.push_back(check_cols_absmax(sh[0], sh[1], f32, bf16, seed++));
