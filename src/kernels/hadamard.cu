@@ -390,13 +390,9 @@ __device__ __forceinline__ uint32_t written_abs_bits(uint32_t abs_f32_bits) {
   return abs_f32_bits;
 }
 
-// The cluster barrier in halves (PTX barrier.cluster): arrive with release
-// semantics (what the block wrote to its tile is visible to the cluster after
-// the wait), arrive relaxed (nothing to publish: no fence on the global
-// stores in flight), wait.
-__device__ __forceinline__ void cluster_arrive_release() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-}
+// The cluster barrier in halves (PTX barrier.cluster) where nothing is to be
+// published: arrive relaxed (cluster.sync()'s release fences the global stores
+// in flight, MEMBAR.ALL.GPU), then wait.
 __device__ __forceinline__ void cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 }
@@ -444,8 +440,7 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
     }
     rotate_store32(a, b, rows);
   }
-  cluster_arrive_release();
-  cluster_wait();
+  cluster.sync();  // the tiles are published
   const int share = kClusterRows / C;
   for (int task = t; task < share * 4; task += kClusterThreads) {
     const int s = q * share + (task >> 2), c = 4 * (task & 3);
