@@ -24,9 +24,10 @@
 //              array made by pass 2 with the column-side multipliers). Writing it
 //              from pass 2 in strips of 32 rows (32-byte column pieces) was measured
 //              2-5x slower than this separate transpose: scattered column pieces
-//              defeat DRAM write locality. Unrotated rows with one multiplier (per
-//              tensor, unscaled) in whole 64 x 64 tiles take quantize_t_kernel
-//              instead: pass 2 by the transpose's own tiles, x read once.
+//              defeat DRAM write locality. Unrotated rows in whole 64 x 64 tiles,
+//              rounded to nearest, take quantize_t_kernel instead: pass 2 by the
+//              transpose's own tiles, x read once, each copy coded with its own
+//              groups' multipliers.
 // Non-negative floats order like their bits and NaN bits exceed those of
 // infinity, so maxima on the bits propagate a NaN into its scale.
 //
@@ -1231,19 +1232,22 @@ __global__ void __launch_bounds__(256) transpose_u8_kernel(const uint8_t* in, ui
   store_transposed(tile, out, R, C, r0, c0, tx, ty);
 }
 
-// Pass 2 of per-tensor (or unscaled) codes of unrotated rows that writes the
-// transposed copy itself (q_tr), and out's codes too when q_o is set: the byte
-// tiles above, coded from the input on the way in (x read once; the row-major
-// codes are not written and read again for the transpose). Persistent grid,
-// tiles down the rows first (as transpose_u8_kernel's grid, whose output rows
-// then fill in order); R % 64 == 0, C % 64 == 0, 16-byte aligned rows.
-template <class In, DType D>
+// Pass 2 of unrotated rows that writes the transposed copy itself (q_tr), and
+// out's codes too when q_o is set: the byte tiles above, coded from the input
+// on the way in (x read once; the row-major codes are not written and read again
+// for the transpose). One multiplier (per tensor, or unscaled), or out's groups
+// (mul_o) and the transposed copy's own (mul_t, where its codes differ; else
+// out's codes serve both). Persistent grid, tiles down the rows first (as
+// transpose_u8_kernel's grid, whose output rows then fill in order); R % 64 == 0,
+// C % 64 == 0, 16-byte aligned rows. kGroups: multipliers of groups (mul_o, mul_t).
+template <class In, DType D, bool kGroups>
 __global__ void __launch_bounds__(kThreads) quantize_t_kernel(Params p) {
   __shared__ ByteTile tile;
   __shared__ uint32_t red[kWarps];
   const int t = static_cast<int>(threadIdx.x), tx = t & 15, ty = t >> 4;
   const In* x = static_cast<const In*>(p.x);
   const int64_t R = p.R, C = p.C, tiles_r = R / 64, tiles = tiles_r * (C / 64);
+  const Granularity g = p.g;
   const auto row0 = [&](int64_t k) { return k % tiles_r * 64; };  // tile k's first row and column
   const auto col0 = [&](int64_t k) { return k / tiles_r * 64; };
   // The thread's 4 x 4 inputs of tile k (the next tile's are loaded before this one is coded).
@@ -1251,21 +1255,41 @@ __global__ void __launch_bounds__(kThreads) quantize_t_kernel(Params p) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) load_global<4>(x + (row0(k) + 4 * ty + i) * C + col0(k) + 4 * tx, v[i]);
   };
+  // Four codes of y in format D, y[0] in the lowest byte.
+  const auto encode4 = [](const float (&y)[4]) { return encode2<D>(y[0], y[1]) | (encode2<D>(y[2], y[3]) << 16); };
   float v[4][4];
   if (blockIdx.x < tiles) load_tile(blockIdx.x, v);
-  const float m = p.partial ? tensor_multiplier(p, red) : 1.0f;  // 1: unscaled
+  const float m = p.partial ? tensor_multiplier(p, red) : 1.0f;  // 1: one multiplier (unscaled: 1)
   for (int64_t k = blockIdx.x; k < tiles; k += gridDim.x) {
-    const int64_t r0 = row0(k), c0 = col0(k), c = c0 + 4 * tx;
+    const int64_t r0 = row0(k), c0 = col0(k), r = r0 + 4 * ty, c = c0 + 4 * tx;
     float next[4][4];
     if (k + gridDim.x < tiles) load_tile(k + gridDim.x, next);
-    uint32_t w[4];
+    // Groups never split the thread's 4 x 4 block (they span 1, 128 or all rows and columns).
+    float mo[4] = {m, m, m, m}, mt[4] = {};
+    if constexpr (kGroups) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if (p.mul_o) mo[i] = p.mul_o[scale_index(g, r + i, c, R, C)];
+        if (p.mul_t) mt[i] = p.mul_t[scale_index(g, c + i, r, C, R)];
+      }
+    }
+    uint32_t w[4];  // row r + i's codes of columns c..c+3
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       float y[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) y[j] = __fmul_rn(v[i][j], m);
-      w[i] = encode2<D>(y[0], y[1]) | (encode2<D>(y[2], y[3]) << 16);
-      if (p.q_o) *reinterpret_cast<uint32_t*>(p.q_o + (r0 + 4 * ty + i) * C + c) = w[i];
+      for (int j = 0; j < 4; ++j) y[j] = __fmul_rn(v[i][j], mo[i]);
+      w[i] = encode4(y);
+      if (p.q_o) *reinterpret_cast<uint32_t*>(p.q_o + (r + i) * C + c) = w[i];
+    }
+    if (kGroups && p.mul_t) {  // the transposed copy's own codes
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float y[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) y[j] = __fmul_rn(v[i][j], mt[j]);
+        w[i] = encode4(y);
+      }
     }
     __syncthreads();  // the previous tile's words are out
     put_transposed(tile, w, tx, ty);
@@ -1572,13 +1596,12 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
   }
 
   // Pass 2: codes, then the transposed copy; or both by byte tiles (quantize_t_kernel)
-  // for one multiplier, unrotated rows and whole tiles.
-  const bool by_tiles = out_t && (tensor || !spec.scaled) && cfg.mode == kDirect && cfg.V == 8 && !spec.stochastic &&
-                        R % 64 == 0 && C % 64 == 0;
+  // for unrotated rows, whole tiles and round to nearest.
+  const bool by_tiles = out_t && cfg.mode == kDirect && cfg.V == 8 && !spec.stochastic && R % 64 == 0 && C % 64 == 0;
   Tensor tmp;  // row-major codes for the transposed copy when out's cannot serve
   if (out_t && !(same_codes && out) && !by_tiles) tmp = Tensor::empty({R, C}, spec.dtype, Device::cuda);
   p.q_o = out ? out->data.data_as<uint8_t>() : (tmp.defined() && same_codes ? tmp.data_as<uint8_t>() : nullptr);
-  p.q_t = need_t ? tmp.data_as<uint8_t>() : nullptr;
+  p.q_t = need_t && !by_tiles ? tmp.data_as<uint8_t>() : nullptr;
   p.q_tr = by_tiles ? out_t->data.data_as<uint8_t>() : nullptr;
   p.mul_o = mul_o, p.mul_t = mul_t;
   p.row_max = row_onepass;
@@ -1594,10 +1617,13 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     };
     const auto run_in = [&](auto in) {
       using In = decltype(in);
+      const bool groups = mul_o || mul_t;
       switch (spec.dtype) {
-        case DType::i8: run(quantize_t_kernel<In, DType::i8>); break;
-        case DType::e4m3: run(quantize_t_kernel<In, DType::e4m3>); break;
-        default: run(quantize_t_kernel<In, DType::e5m2>); break;
+        case DType::i8: run(groups ? quantize_t_kernel<In, DType::i8, true> : quantize_t_kernel<In, DType::i8, false>); break;
+        case DType::e4m3:
+          run(groups ? quantize_t_kernel<In, DType::e4m3, true> : quantize_t_kernel<In, DType::e4m3, false>);
+          break;
+        default: run(groups ? quantize_t_kernel<In, DType::e5m2, true> : quantize_t_kernel<In, DType::e5m2, false>); break;
       }
     };
     cfg.f32 ? run_in(float{}) : run_in(uint16_t{});
