@@ -1618,13 +1618,19 @@ void quantize_cuda(const Tensor& x2, const QuantSpec& spec, bool rotate_rows, QT
     const auto run_in = [&](auto in) {
       using In = decltype(in);
       const bool groups = mul_o || mul_t;
-      switch (spec.dtype) {
-        case DType::i8: run(groups ? quantize_t_kernel<In, DType::i8, true> : quantize_t_kernel<In, DType::i8, false>); break;
-        case DType::e4m3:
-          run(groups ? quantize_t_kernel<In, DType::e4m3, true> : quantize_t_kernel<In, DType::e4m3, false>);
-          break;
-        default: run(groups ? quantize_t_kernel<In, DType::e5m2, true> : quantize_t_kernel<In, DType::e5m2, false>); break;
-      }
+      const auto run_d = [&](auto i8, auto e4m3, auto e5m2) {  // kGroups instances per format
+        switch (spec.dtype) {
+          case DType::i8: run(i8); break;
+          case DType::e4m3: run(e4m3); break;
+          default: run(e5m2); break;
+        }
+      };
+      if (groups)
+        run_d(quantize_t_kernel<In, DType::i8, true>, quantize_t_kernel<In, DType::e4m3, true>,
+              quantize_t_kernel<In, DType::e5m2, true>);
+      else
+        run_d(quantize_t_kernel<In, DType::i8, false>, quantize_t_kernel<In, DType::e4m3, false>,
+              quantize_t_kernel<In, DType::e5m2, false>);
     };
     cfg.f32 ? run_in(float{}) : run_in(uint16_t{});
     return;
