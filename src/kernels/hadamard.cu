@@ -355,7 +355,6 @@ constexpr size_t kClusterSmem = size_t{kClusterRows} * kClusterCols * sizeof(flo
 // that rows 32 apart (pass B's lanes) fall on different banks.
 __device__ __forceinline__ int ctile_at(int s, int c) { return ((s ^ ((s >> 5) & 1)) << 4) | c; }
 
-
 // Columns c, c + 1 of 32 tile rows, the j-th at (j even ? even : odd) + 16 step j
 // floats: constant offsets from two pointers. Pass A's rows u + 32 j (u < 32)
 // flip bit 0 by bit 0 of j; pass B's rows 32 u + i all by bit 0 of u.

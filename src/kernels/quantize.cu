@@ -1255,8 +1255,6 @@ __global__ void __launch_bounds__(kThreads) quantize_t_kernel(Params p) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) load_global<4>(x + (row0(k) + 4 * ty + i) * C + col0(k) + 4 * tx, v[i]);
   };
-  // Four codes of y in format D, y[0] in the lowest byte.
-  const auto encode4 = [](const float (&y)[4]) { return encode2<D>(y[0], y[1]) | (encode2<D>(y[2], y[3]) << 16); };
   float v[4][4];
   if (blockIdx.x < tiles) load_tile(blockIdx.x, v);
   const float m = p.partial ? tensor_multiplier(p, red) : 1.0f;  // 1: one multiplier (unscaled: 1)
@@ -1273,24 +1271,23 @@ __global__ void __launch_bounds__(kThreads) quantize_t_kernel(Params p) {
         if (p.mul_t) mt[i] = p.mul_t[scale_index(g, c + i, r, C, R)];
       }
     }
-    uint32_t w[4];  // row r + i's codes of columns c..c+3
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float y[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) y[j] = __fmul_rn(v[i][j], mo[i]);
-      w[i] = encode4(y);
-      if (p.q_o) *reinterpret_cast<uint32_t*>(p.q_o + (r + i) * C + c) = w[i];
-    }
-    if (kGroups && p.mul_t) {  // the transposed copy's own codes
+    // w[i]: row r + i's codes of columns c..c+3, element (i, j) times mult(i, j).
+    uint32_t w[4];
+    const auto code_words = [&](auto mult) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         float y[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) y[j] = __fmul_rn(v[i][j], mt[j]);
-        w[i] = encode4(y);
+        for (int j = 0; j < 4; ++j) y[j] = __fmul_rn(v[i][j], mult(i, j));
+        w[i] = encode2<D>(y[0], y[1]) | (encode2<D>(y[2], y[3]) << 16);
       }
+    };
+    code_words([&](int i, int) { return mo[i]; });
+    if (p.q_o) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) *reinterpret_cast<uint32_t*>(p.q_o + (r + i) * C + c) = w[i];
     }
+    if (kGroups && p.mul_t) code_words([&](int, int j) { return mt[j]; });  // the transposed copy's own codes
     __syncthreads();  // the previous tile's words are out
     put_transposed(tile, w, tx, ty);
     __syncthreads();
